@@ -1,0 +1,76 @@
+"""``llama-balancer demo``: three simulated llama-servers behind the balancer, no GPU needed.
+
+PC1 serves two instances of ``llama-3.1-8b`` (``llama-3.1-8b`` and ``llama-3.1-8b-2``),
+PC2 serves ``llama-3.1-8b`` and ``qwen2.5-7b``, PC3 serves ``qwen2.5-7b`` and ``gpt-oss:20b``
+(with the two documented rewrite rules, so ``gpt-oss:20b-high`` works).
+"""
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from ..core.config import parse_config
+from ..runtime import Runtime, run, serve_until_signal
+
+DEMO_BACKENDS: list[dict[str, Any]] = [
+    {"name": "PC1", "models": ["llama-3.1-8b"], "instances": 2},
+    {"name": "PC2", "models": ["llama-3.1-8b", "qwen2.5-7b"], "instances": 1},
+    {"name": "PC3", "models": ["qwen2.5-7b", "gpt-oss:20b"], "instances": 1},
+]
+
+GPT_OSS_REWRITES: list[dict[str, Any]] = [
+    {"match": "(gpt-oss.*)-(low|medium|high)", "model": "\\1",
+     "merge": {"chat_template_kwargs": {"reasoning_effort": "\\2"}}},
+    {"match": "(gpt-oss.*)-(apply|edit)", "model": "\\1", "merge": {"reasoning_format": "auto"}},
+]
+
+
+def demo_config(ports: dict[str, int], request_max: int = 4) -> dict[str, Any]:
+    """The demo's server-list.json: each sim serves its models and /llmhealth on one port."""
+    return {
+        "servers": {
+            name: {"addr": "http://127.0.0.1", "health-port": port, "model-port": port, "request-max": request_max}
+            for name, port in ports.items()
+        },
+        "models": {
+            "llama-3\\.1-8b": ["PC1", "PC2"],
+            "qwen2\\.5-7b": ["PC2", "PC3"],
+            "gpt-oss:20b.*": ["PC3"],
+        },
+        "fallback_server": "PC2",
+        "rewrites": GPT_OSS_REWRITES,
+    }
+
+
+async def _demo(host: str, port: int) -> None:
+    from ..sim import SimConfig, start_sim
+
+    sims = [await start_sim(SimConfig(name=b["name"], models=b["models"], instances=b["instances"],
+                                      slots=2, prompt_tps=4000.0, gen_tps=40.0, default_max_tokens=64))
+            for b in DEMO_BACKENDS]
+    try:
+        data = demo_config({b["name"]: sim.port for b, sim in zip(DEMO_BACKENDS, sims)})
+        path = Path(tempfile.mkdtemp(prefix="llama-balancer-demo-")) / "server-list.json"
+        path.write_text(json.dumps(data, indent=2, ensure_ascii=False))
+        runtime = Runtime(parse_config(path.read_bytes()), config_path=str(path))
+        shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
+        banner = [
+            f"demo config written to {path}",
+            *(f"  {b['name']}: simulated llama-server at {s.url} serving {', '.join(b['models'])}"
+              + (f" x{b['instances']} instances" if b["instances"] > 1 else "")
+              for b, s in zip(DEMO_BACKENDS, sims)),
+            f"OpenAI API base URL: http://{shown}:{port}/v1   (models: llama-3.1-8b, qwen2.5-7b, gpt-oss:20b-high)",
+            f"Dashboard:           http://{shown}:{port}/llmhealth-monitor",
+            "Press Ctrl-C to stop.",
+        ]
+        await serve_until_signal(runtime, host, port, banner)
+    finally:
+        for sim in sims:
+            await sim.close()
+
+
+def run_demo(host: str, port: int) -> int:
+    run(_demo(host, port))
+    return 0

@@ -1,0 +1,206 @@
+"""The ``server-list.json`` model: parsed once, validated, refused with path-named errors.
+
+The file format is the old Flask tool's (``servers``, ``models``, ``fallback_server``) plus
+optional sections of ours (``rewrites``, ``balancer``), so existing files load unchanged.
+"""
+from __future__ import annotations
+
+import re
+from typing import Any
+from urllib.parse import urlsplit
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
+
+from .errors import ConfigError
+from .rewrite import RewriteRule
+
+_PATH_WORD = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+class ServerConfig(BaseModel):
+    """One GPU machine: its model API is ``addr:model-port``, its agent ``addr:health-port``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    addr: str
+    health_port: int = Field(alias="health-port", ge=1, le=65535)
+    model_port: int = Field(alias="model-port", ge=1, le=65535)
+    request_max: int | None = Field(default=None, alias="request-max", gt=0)
+
+    @field_validator("addr")
+    @classmethod
+    def _addr_is_base_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"expected a base URL with scheme, like http://192.168.1.20, got {value!r}")
+        if parts.port is not None or parts.path not in ("", "/") or parts.query:
+            raise ValueError(f"expected scheme and host only (ports are separate fields), got {value!r}")
+        return value.rstrip("/")
+
+    @property
+    def model_base(self) -> str:
+        return f"{self.addr}:{self.model_port}"
+
+    @property
+    def health_base(self) -> str:
+        return f"{self.addr}:{self.health_port}"
+
+
+class BalancerOptions(BaseModel):
+    """Tuning knobs; every interval is configurable so tests run in milliseconds."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    health_poll_interval_s: float = Field(1.0, gt=0)
+    health_window: int = Field(5, ge=1)
+    health_connect_timeout_s: float = Field(5.0, gt=0)
+    health_read_timeout_s: float = Field(2.0, gt=0)
+    models_cache_ttl_s: float = Field(10.0, gt=0)
+    sticky_ttl_s: float = Field(180.0, gt=0)
+    upstream_connect_timeout_s: float = Field(300.0, gt=0)
+    upstream_idle_timeout_s: float | None = Field(None, gt=0)
+    upstream_pool_size: int = Field(0, ge=0)  # 0 = unlimited connections per host
+    max_body_bytes: int = Field(32 * 1024 * 1024, gt=0)
+    gpu_sample_interval_s: float = Field(1.0, gt=0)
+    gpu_window_s: float = Field(5.0, gt=0)
+    gpu_busy_threshold: float = Field(50.0, ge=0, le=100)
+    access_log_window_s: float = Field(3600.0, gt=0)
+
+
+class Config(BaseModel):
+    """A validated config. ``routes`` holds the compiled patterns in file order."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True, arbitrary_types_allowed=True)
+
+    servers: dict[str, ServerConfig] = Field(min_length=1)
+    models: dict[str, list[str]] = Field(default_factory=dict)
+    fallback_server: str | None = None
+    rewrites: list[RewriteRule] = Field(default_factory=list)
+    balancer: BalancerOptions = Field(default_factory=BalancerOptions)
+    _routes: list[tuple[re.Pattern[str], list[str]]] = PrivateAttr(default_factory=list)
+
+    def model_post_init(self, context: Any, /) -> None:
+        for pattern, names in self.models.items():
+            try:
+                self._routes.append((re.compile(pattern), names))
+            except re.error:
+                pass  # refused by _cross_check with the pattern's path
+
+    @property
+    def fallback(self) -> str:
+        """``fallback_server``, or the first server when absent."""
+        return self.fallback_server or next(iter(self.servers))
+
+    def candidates_for(self, model: str) -> list[str] | None:
+        """The ordered server list of the first pattern that fullmatches, else None."""
+        for pattern, names in self._routes:
+            if pattern.fullmatch(model):
+                return names
+        return None
+
+
+def parse_config(raw: bytes | str) -> Config:
+    """Parse and validate a config file's text, or raise ConfigError naming each bad path."""
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ConfigError([f"(file): not valid JSON: {exc}"]) from None
+    return config_from_data(data)
+
+
+def config_from_data(data: Any) -> Config:
+    if not isinstance(data, dict):
+        raise ConfigError([f"(root): expected a JSON object, got {_type_name(data)}"])
+    try:
+        # by_name=False: a typo such as ``model_port`` must be refused as an unknown field,
+        # not taken for ``model-port`` (populate_by_name is only for constructing in code).
+        config = Config.model_validate(data, by_alias=True, by_name=False)
+    except ValidationError as exc:
+        raise ConfigError([_describe(err) for err in exc.errors()]) from None
+    problems = _cross_check(config)
+    if problems:
+        raise ConfigError(problems)
+    return config
+
+
+def unknown_top_level_keys(data: dict[str, Any]) -> list[str]:
+    """Keys the balancer ignores (the old tool ignored them too); check-config warns."""
+    return [key for key in data if key not in Config.model_fields]
+
+
+def _cross_check(config: Config) -> list[str]:
+    problems: list[str] = []
+    for pattern, names in config.models.items():
+        where = format_path(("models", pattern))
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            problems.append(f"{where}: invalid regular expression: {exc}")
+        if not names:
+            problems.append(f"{where}: expected at least one server name")
+        for index, name in enumerate(names):
+            if name not in config.servers:
+                problems.append(f"{format_path(('models', pattern, index))}: unknown server {name!r}")
+    if config.fallback_server is not None and config.fallback_server not in config.servers:
+        problems.append(f"fallback_server: unknown server {config.fallback_server!r}")
+    return problems
+
+
+def format_path(loc: tuple[Any, ...]) -> str:
+    """``('servers', 'PC1', 'model-port')`` -> ``servers.PC1.model-port``; odd keys quoted."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif _PATH_WORD.match(str(part)):
+            out += f".{part}" if out else str(part)
+        else:
+            out += f"[{orjson.dumps(str(part)).decode()}]"
+    return out or "(root)"
+
+
+_MESSAGES = {
+    "int_type": "expected an integer",
+    "int_parsing": "expected an integer",
+    "int_from_float": "expected an integer",
+    "float_type": "expected a number",
+    "float_parsing": "expected a number",
+    "string_type": "expected a string",
+    "dict_type": "expected a JSON object",
+    "model_type": "expected a JSON object",
+    "list_type": "expected a JSON array",
+    "missing": "required field is missing",
+    "extra_forbidden": "unknown field",
+    "bool_type": "expected true or false",
+    "greater_than": "must be greater than {gt}",
+    "greater_than_equal": "must be at least {ge}",
+    "less_than_equal": "must be at most {le}",
+    "too_short": "must not be empty",
+}
+
+
+def _describe(err: dict[str, Any]) -> str:
+    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+    # pydantic adds the chosen union member (``int``/``none``) to the path; drop it.
+    loc = tuple(p for p in loc if p not in ("int", "float", "none", "str"))
+    kind = err["type"]
+    message = _MESSAGES.get(kind)
+    if message is None:
+        message = str(err["msg"]).removeprefix("Value error, ")
+    elif kind not in ("missing", "extra_forbidden"):
+        message = message.format(**err.get("ctx", {})) + f", got {_show(err.get('input'))}"
+    return f"{format_path(loc)}: {message}"
+
+
+def _show(value: Any) -> str:
+    try:
+        text = orjson.dumps(value).decode()
+    except TypeError:
+        text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _type_name(value: Any) -> str:
+    return {list: "an array", str: "a string", int: "a number", float: "a number",
+            bool: "a boolean", type(None): "null"}.get(type(value), type(value).__name__)

@@ -1,0 +1,64 @@
+"""One exception tree for the balancer; handlers turn it into OpenAI-style error JSON.
+
+Foreign errors (aiohttp, OS) are mapped to these at the edge, in ``io``.
+"""
+from __future__ import annotations
+
+
+class BalancerError(Exception):
+    """An error with an HTTP status and an OpenAI-style ``type`` / ``code``."""
+
+    status: int = 500
+    type: str = "server_error"
+    code: str = "internal_error"
+
+    def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.headers = headers or {}
+
+    def body(self) -> dict:
+        """The OpenAI error envelope: ``{"error": {"message", "type", "code"}}``."""
+        return {"error": {"message": self.message, "type": self.type, "code": self.code}}
+
+
+class BadRequest(BalancerError):
+    status, type, code = 400, "invalid_request_error", "invalid_request"
+
+
+class InvalidJSON(BadRequest):
+    code = "invalid_json"
+
+
+class MissingModel(BadRequest):
+    code = "model_missing"
+
+
+class PayloadTooLarge(BalancerError):
+    status, type, code = 413, "invalid_request_error", "payload_too_large"
+
+
+class UpstreamError(BalancerError):
+    """The backend could not be reached or broke off; ``kind`` says how."""
+
+    status, type, code = 502, "upstream_error", "bad_gateway"
+
+    def __init__(self, message: str, *, kind: str, server: str | None = None) -> None:
+        super().__init__(message)
+        self.kind = kind  # "connect" | "timeout" | "reset" | "protocol"
+        self.server = server
+
+
+class UpstreamTimeout(UpstreamError):
+    status, code = 504, "gateway_timeout"
+
+
+class ConfigError(Exception):
+    """A refused config: every problem, each prefixed with the JSON path it concerns."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+    def __str__(self) -> str:
+        return "\n".join(self.problems)

@@ -1,0 +1,79 @@
+"""Health signals as pure data: parsing an agent's ``/llmhealth`` answer, judging a backend
+over its last samples, and the local GPU-utilisation window the agent itself serves.
+"""
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from typing import Iterable, Literal
+
+import orjson
+
+Status = Literal["idle", "busy", "invalid"]
+
+
+@dataclass(frozen=True)
+class HealthSample:
+    """One poll: ``invalid`` means error or timeout; anything unrecognised counts as busy."""
+
+    status: Status
+    gpu_util: float | None = None
+    detail: str | None = None
+
+
+def parse_llmhealth(http_status: int, body: bytes) -> HealthSample:
+    """Read an agent's answer: plain ``idle``/``busy`` or JSON with ``status``."""
+    if http_status != 200:
+        return HealthSample("invalid", detail=f"HTTP {http_status}")
+    text = body.strip()
+    if text in (b"idle", b"busy"):
+        return HealthSample(text.decode())  # type: ignore[arg-type]
+    try:
+        data = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return HealthSample("busy", detail="unrecognised answer")
+    if not isinstance(data, dict):
+        return HealthSample("busy", detail="unrecognised answer")
+    util = data.get("gpu_util_max5s")
+    util = float(util) if isinstance(util, (int, float)) and not isinstance(util, bool) else None
+    status = "idle" if data.get("status") == "idle" else "busy"
+    return HealthSample(status, util)
+
+
+def judge(samples: Iterable[HealthSample]) -> Status:
+    """Conservative verdict: any invalid -> invalid; none yet -> busy; any busy -> busy."""
+    seen = False
+    busy = False
+    for sample in samples:
+        if sample.status == "invalid":
+            return "invalid"
+        seen = True
+        busy = busy or sample.status == "busy"
+    return "busy" if busy or not seen else "idle"
+
+
+class GpuWindow:
+    """Maximum GPU utilisation over the last ``window_s`` seconds of (time, percent) samples."""
+
+    def __init__(self, window_s: float = 5.0, threshold: float = 50.0) -> None:
+        self.window_s = window_s
+        self.threshold = threshold
+        self._samples: deque[tuple[float, float]] = deque()
+
+    def add(self, now: float, util: float) -> None:
+        self._samples.append((now, util))
+        self._trim(now)
+
+    def max_util(self, now: float) -> float:
+        self._trim(now)
+        return max((util for _, util in self._samples), default=0.0)
+
+    def report(self, now: float) -> dict:
+        """The ``/llmhealth`` body: busy when the window's maximum reaches the threshold."""
+        util = self.max_util(now)
+        status = "busy" if util >= self.threshold else "idle"
+        return {"status": status, "gpu_util_max5s": round(util, 1), "window_seconds": self.window_s}
+
+    def _trim(self, now: float) -> None:
+        while self._samples and self._samples[0][0] <= now - self.window_s:
+            self._samples.popleft()

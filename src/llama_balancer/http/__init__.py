@@ -1,0 +1,1 @@
+"""The aiohttp app: the route table in one place, thin handlers."""

@@ -1,0 +1,86 @@
+"""The balancer's own endpoints: local health, state snapshot, stats, dashboard, models."""
+from __future__ import annotations
+
+import asyncio
+from importlib import resources
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from ..core.models import is_variant
+from ..state.clock import iso_utc
+from .context import AppContext, context_of
+
+
+def json_response(data: Any, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
+
+
+def local_report(ctx: AppContext) -> dict[str, Any]:
+    report = ctx.gpu.window.report(asyncio.get_running_loop().time())
+    report["sampler"] = ctx.gpu.sampler.name
+    return report
+
+
+async def handle_llmhealth(request: web.Request) -> web.Response:
+    return json_response(local_report(context_of(request)))
+
+
+async def handle_snapshot(request: web.Request) -> web.Response:
+    ctx = context_of(request)
+    config = ctx.config
+    sticky = ctx.sticky.entries()
+    return json_response({
+        "local": local_report(ctx),
+        "backends": ctx.registry.snapshot(),
+        "servers": {
+            name: {"health_base": s.health_base, "model_base": s.model_base,
+                   **({"request_max": s.request_max} if s.request_max is not None else {})}
+            for name, s in config.servers.items()
+        },
+        "models": config.models,
+        "fallback_server": config.fallback,
+        "sticky_count": len(sticky),
+        "sticky": sticky,
+        "inflight_total": ctx.registry.total_inflight(),
+        "config": ctx.info,
+        "now": iso_utc(ctx.clock.wall()),
+    })
+
+
+async def handle_access_stats(request: web.Request) -> web.Response:
+    return json_response(context_of(request).stats.summary())
+
+
+async def handle_models(request: web.Request) -> web.Response:
+    """Union of every backend's /v1/models minus instance variants, fetched live
+    (a server that does not answer contributes its last known list)."""
+    ctx = context_of(request)
+    names = ctx.registry.names()
+    answers = await asyncio.gather(*(ctx.pollers.poll_models(name) for name in names))
+    entries: dict[str, dict[str, Any]] = {}
+    for name, answer in zip(names, answers):
+        if answer is None:
+            served = ctx.registry.state(name).served or ()
+            answer = [{"id": model_id, "object": "model", "owned_by": name} for model_id in served]
+        for entry in answer:
+            if not is_variant(entry["id"]):
+                entries.setdefault(entry["id"], entry)
+    data = [_model_entry(entries[key]) for key in sorted(entries)]
+    return json_response({"object": "list", "data": data})
+
+
+def _model_entry(entry: dict[str, Any]) -> dict[str, Any]:
+    return {"id": entry["id"], "object": "model", "created": entry.get("created", 0),
+            "owned_by": entry.get("owned_by", "llama-balancer")}
+
+
+async def handle_favicon(request: web.Request) -> web.Response:
+    return web.Response(status=204)
+
+
+async def handle_monitor(request: web.Request) -> web.Response:
+    page = resources.files("llama_balancer.http").joinpath("assets/monitor.html").read_bytes()
+    return web.Response(body=page, content_type="text/html", charset="utf-8",
+                        headers={"Cache-Control": "no-store"})

@@ -1,0 +1,38 @@
+"""Everything a handler may use, owned by the runtime and handed to the app once."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from ..core.config import Config
+from ..io.gpu import GpuMonitor
+from ..io.pollers import Pollers
+from ..io.upstream import UpstreamClient
+from ..state.access_stats import AccessStats
+from ..state.clock import Clock
+from ..state.registry import Registry
+from ..state.sticky import StickyStore
+
+
+@dataclass
+class AppContext:
+    config: Config  # replaced as a whole on reload; read once per request
+    clock: Clock
+    registry: Registry
+    sticky: StickyStore
+    stats: AccessStats
+    client: UpstreamClient
+    pollers: Pollers
+    gpu: GpuMonitor
+    info: dict[str, Any] = field(default_factory=dict)  # config path, started_at ...
+
+
+CONTEXT: web.AppKey[AppContext] = web.AppKey("llama_balancer_context", AppContext)
+# Set once response headers went to the client: after that an error can only abort.
+RESPONSE_STARTED: web.RequestKey[bool] = web.RequestKey("response_started", bool)
+
+
+def context_of(request: web.Request) -> AppContext:
+    return request.app[CONTEXT]

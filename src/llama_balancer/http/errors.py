@@ -1,0 +1,48 @@
+"""Errors leave as OpenAI-style JSON with the right status, never as a traceback."""
+from __future__ import annotations
+
+import logging
+from typing import Awaitable, Callable
+
+import orjson
+from aiohttp import web
+
+from ..core.errors import BalancerError
+from .context import RESPONSE_STARTED
+
+log = logging.getLogger("llama_balancer.http")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def error_response(status: int, message: str, type_: str, code: str, headers: dict[str, str] | None = None) -> web.Response:
+    body = orjson.dumps({"error": {"message": message, "type": type_, "code": code}})
+    return web.Response(status=status, body=body, content_type="application/json", headers=headers)
+
+
+def from_balancer_error(exc: BalancerError) -> web.Response:
+    return error_response(exc.status, exc.message, exc.type, exc.code, exc.headers)
+
+
+_HTTP_TYPES = {404: ("not_found_error", "not_found"), 405: ("invalid_request_error", "method_not_allowed"),
+               413: ("invalid_request_error", "payload_too_large")}
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except BalancerError as exc:
+        if request.get(RESPONSE_STARTED):
+            raise
+        return from_balancer_error(exc)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        type_, code = _HTTP_TYPES.get(exc.status, ("invalid_request_error", f"http_{exc.status}"))
+        return error_response(exc.status, exc.reason, type_, code)
+    except (ConnectionResetError, ConnectionError):
+        raise  # the client went away; nothing to answer
+    except Exception:
+        log.exception("unexpected error on %s %s", request.method, request.path)
+        return error_response(500, "internal error in llama-balancer", "server_error", "internal_error")

@@ -1,0 +1,1 @@
+"""Thin I/O adapters: the upstream client, the relay, pollers, the GPU sampler."""

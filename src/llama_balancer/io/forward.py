@@ -1,0 +1,51 @@
+"""Relay a backend's response to the client as it arrives: no re-chunking, no buffering.
+
+Headers go to the client only once the backend answered, so before that any failure is
+still a clean error reply; after it, a broken backend means an aborted client connection
+(never a silently truncated "complete" response).
+"""
+from __future__ import annotations
+
+import logging
+
+import aiohttp
+from aiohttp import web
+
+from ..core.errors import UpstreamError
+from .headers import client_response_headers
+from .upstream import map_error
+
+log = logging.getLogger("llama_balancer.forward")
+
+
+async def relay_response(request: web.Request, upstream: aiohttp.ClientResponse, server: str) -> web.StreamResponse:
+    """Stream ``upstream`` to the client; returns the prepared response when the body ended."""
+    response = web.StreamResponse(status=upstream.status, reason=upstream.reason,
+                                  headers=client_response_headers(upstream.headers))
+    if upstream.headers.get("Content-Length") is None and _may_have_body(request, upstream):
+        response.enable_chunked_encoding()
+    await response.prepare(request)
+    try:
+        async for chunk in upstream.content.iter_any():
+            await response.write(chunk)
+    except (aiohttp.ClientError, ConnectionError, TimeoutError) as exc:
+        error = map_error(exc, str(upstream.url), server)
+        log.warning("stream from %s broke off: %s", server, error)
+        _abort_client(request)
+        raise UpstreamStreamBroken(str(error), kind=getattr(error, "kind", "reset"), server=server) from None
+    await response.write_eof()
+    return response
+
+
+class UpstreamStreamBroken(UpstreamError):
+    """The backend broke off after bytes went to the client; the client connection is aborted."""
+
+
+def _abort_client(request: web.Request) -> None:
+    transport = request.transport
+    if transport is not None:
+        transport.abort()
+
+
+def _may_have_body(request: web.Request, upstream: aiohttp.ClientResponse) -> bool:
+    return request.method != "HEAD" and upstream.status not in (204, 304) and upstream.status >= 200

@@ -1,0 +1,106 @@
+"""One aiohttp ClientSession per process, with aiohttp's errors mapped to ours in one place."""
+from __future__ import annotations
+
+import asyncio
+from contextlib import asynccontextmanager
+from typing import Any, AsyncIterator, Mapping
+
+import aiohttp
+
+from ..core.config import BalancerOptions
+from ..core.errors import UpstreamError, UpstreamTimeout
+
+_NO_AUTO_HEADERS = ("User-Agent", "Accept-Encoding", "Content-Type")
+
+
+class UpstreamClient:
+    """Keep-alive pool to every backend; bytes pass through untouched (no decompression)."""
+
+    def __init__(self, options: BalancerOptions) -> None:
+        self._options = options
+        self._session: aiohttp.ClientSession | None = None
+        self.request_timeout = aiohttp.ClientTimeout(
+            total=None,
+            sock_connect=options.upstream_connect_timeout_s,
+            sock_read=options.upstream_idle_timeout_s,
+        )
+
+    async def start(self) -> None:
+        connector = aiohttp.TCPConnector(
+            limit=self._options.upstream_pool_size,
+            limit_per_host=0,
+            ttl_dns_cache=300,
+            keepalive_timeout=30,
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            auto_decompress=False,
+            timeout=self.request_timeout,
+            skip_auto_headers=_NO_AUTO_HEADERS,
+        )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise RuntimeError("UpstreamClient.start() was not awaited")
+        return self._session
+
+    @asynccontextmanager
+    async def open(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: Mapping[str, str],
+        data: Any = None,
+        server: str | None = None,
+        timeout: aiohttp.ClientTimeout | None = None,
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        """Send a request and yield the response with headers read; errors become ours.
+
+        On any exit other than a fully read body the connection is closed, not pooled,
+        so a client that went away also ends the upstream request.
+        """
+        try:
+            response = await self.session.request(
+                method, url, headers=headers, data=data, allow_redirects=False,
+                timeout=timeout or self.request_timeout,
+            )
+        except BaseException as exc:
+            raise map_error(exc, url, server) from None
+        try:
+            yield response
+        except BaseException:
+            response.close()
+            raise
+        else:
+            response.release()
+
+    async def fetch(self, url: str, timeout: aiohttp.ClientTimeout, server: str | None = None) -> tuple[int, bytes]:
+        """A small GET for pollers: status and whole body."""
+        async with self.open("GET", url, headers={}, server=server, timeout=timeout) as response:
+            try:
+                return response.status, await response.read()
+            except BaseException as exc:
+                raise map_error(exc, url, server) from None
+
+
+def map_error(exc: BaseException, url: str, server: str | None) -> BaseException:
+    """aiohttp/OS errors -> UpstreamError kinds; cancellation and ours pass unchanged."""
+    if isinstance(exc, (asyncio.CancelledError, UpstreamError)) or not isinstance(exc, Exception):
+        return exc
+    where = f"backend {server!r} ({url})" if server else url
+    if isinstance(exc, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)):
+        return UpstreamTimeout(f"{where} timed out", kind="timeout", server=server)
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return UpstreamError(f"{where} is unreachable: {exc.os_error.strerror or exc}", kind="connect", server=server)
+    if isinstance(exc, (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError, aiohttp.ClientPayloadError, ConnectionError)):
+        return UpstreamError(f"{where} closed the connection: {exc}", kind="reset", server=server)
+    if isinstance(exc, aiohttp.ClientError):
+        return UpstreamError(f"{where} failed: {exc}", kind="protocol", server=server)
+    return exc

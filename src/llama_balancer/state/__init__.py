@@ -1,0 +1,1 @@
+"""Live state the app owns: backends, in-flight slots, sticky bindings, access stats."""

@@ -1,0 +1,25 @@
+"""Time as an object the app owns, so tests can drive TTLs and windows without sleeping."""
+from __future__ import annotations
+
+import time
+from datetime import datetime, timezone
+from typing import Protocol
+
+
+class Clock(Protocol):
+    def monotonic(self) -> float: ...
+    def wall(self) -> float: ...
+
+
+class SystemClock:
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    def wall(self) -> float:
+        return time.time()
+
+
+def iso_utc(wall: float) -> str:
+    """``2026-11-27T09:00:00.123Z``: ISO-8601 with a Z, as the old tool's snapshot had."""
+    stamp = datetime.fromtimestamp(wall, tz=timezone.utc)
+    return stamp.strftime("%Y-%m-%dT%H:%M:%S.") + f"{stamp.microsecond // 1000:03d}Z"

@@ -1,0 +1,82 @@
+"""Sticky bindings: (identity x requested model) -> server and instance, for a TTL.
+
+Only one identity holds a given server x instance: binding a new one drops the old entry.
+Keyed by the model as requested (the old tool keyed by the rewritten instance and lost
+bindings whenever ``model-2`` was chosen).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ..core.routing import StickyBinding
+from .clock import Clock, iso_utc
+
+
+@dataclass
+class StickyEntry:
+    identity: str
+    ip: str
+    model: str
+    server: str
+    instance: str
+    updated_mono: float
+    updated_wall: float
+
+
+class StickyStore:
+    def __init__(self, ttl_s: float, clock: Clock) -> None:
+        self.ttl_s = ttl_s
+        self._clock = clock
+        self._by_key: dict[tuple[str, str], StickyEntry] = {}
+        self._by_target: dict[tuple[str, str], tuple[str, str]] = {}
+
+    def get(self, identity: str, model: str) -> StickyBinding | None:
+        entry = self._by_key.get((identity, model))
+        if entry is None:
+            return None
+        if self._clock.monotonic() - entry.updated_mono > self.ttl_s:
+            self._drop((identity, model))
+            return None
+        return StickyBinding(entry.server, entry.instance, entry.updated_mono)
+
+    def bind(self, identity: str, ip: str, model: str, server: str, instance: str) -> None:
+        """Bind or refresh; takes the server x instance away from any other identity."""
+        key = (identity, model)
+        target = (server, instance)
+        holder = self._by_target.get(target)
+        if holder is not None and holder != key:
+            self._drop(holder)
+        old = self._by_key.get(key)
+        if old is not None and (old.server, old.instance) != target:
+            self._by_target.pop((old.server, old.instance), None)
+        self._by_key[key] = StickyEntry(
+            identity, ip, model, server, instance, self._clock.monotonic(), self._clock.wall()
+        )
+        self._by_target[target] = key
+
+    def refresh(self, identity: str, model: str, server: str, instance: str) -> None:
+        """Refresh at request end, only if the binding still points where the request went."""
+        entry = self._by_key.get((identity, model))
+        if entry is not None and (entry.server, entry.instance) == (server, instance):
+            entry.updated_mono = self._clock.monotonic()
+            entry.updated_wall = self._clock.wall()
+
+    def entries(self) -> list[dict[str, Any]]:
+        """Live bindings for the snapshot; expired ones are dropped on the way."""
+        now = self._clock.monotonic()
+        for key in [k for k, e in self._by_key.items() if now - e.updated_mono > self.ttl_s]:
+            self._drop(key)
+        return [
+            {"key": e.identity, "ip": e.ip, "model": e.model, "backend": e.server,
+             "instance": e.instance, "updated_at": iso_utc(e.updated_wall)}
+            for e in self._by_key.values()
+        ]
+
+    def __len__(self) -> int:
+        return len(self._by_key)
+
+    def _drop(self, key: tuple[str, str]) -> None:
+        entry = self._by_key.pop(key, None)
+        if entry is not None and self._by_target.get((entry.server, entry.instance)) == key:
+            del self._by_target[(entry.server, entry.instance)]

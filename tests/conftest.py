@@ -1,0 +1,116 @@
+"""Shared fixtures: simulated llama-servers and the balancer, as real servers on loopback."""
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any, Awaitable, Callable
+
+import aiohttp
+import pytest
+
+from llama_balancer.core.config import config_from_data
+from llama_balancer.io.gpu import NoGpuSampler
+from llama_balancer.runtime import Runtime
+from llama_balancer.sim import RunningSim, SimConfig, start_sim
+
+# Every interval in milliseconds, so health windows and caches settle fast in tests.
+FAST_OPTIONS: dict[str, Any] = {
+    "health_poll_interval_s": 0.02,
+    "health_connect_timeout_s": 0.5,
+    "health_read_timeout_s": 0.5,
+    "models_cache_ttl_s": 0.05,
+    "gpu_sample_interval_s": 0.02,
+}
+
+
+def server_entry(sim: RunningSim, **extra: Any) -> dict[str, Any]:
+    """A server-list.json entry for a sim: model API and /llmhealth share its port."""
+    return {"addr": "http://127.0.0.1", "health-port": sim.port, "model-port": sim.port, **extra}
+
+
+async def wait_until(predicate: Callable[[], Any], timeout: float = 3.0, interval: float = 0.01) -> Any:
+    """Poll ``predicate`` (sync or async) until truthy; fail the test after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        await asyncio.sleep(interval)
+
+
+@pytest.fixture
+async def sims():
+    """``await sims(name=..., models=[...], ...)`` starts a sim; all are closed afterwards."""
+    started: list[RunningSim] = []
+
+    async def start(**kwargs: Any) -> RunningSim:
+        kwargs.setdefault("fast", True)
+        sim = await start_sim(SimConfig(**kwargs))
+        started.append(sim)
+        return sim
+
+    yield start
+    for sim in started:
+        await sim.close()
+
+
+@pytest.fixture
+async def balancer():
+    """``await balancer(config_dict, settle=True)`` starts the balancer on an ephemeral port.
+
+    With ``settle`` it waits until every server has a full health window and a model list.
+    """
+    started: list[Runtime] = []
+
+    async def start(data: dict[str, Any], settle: bool = True, **runtime_kwargs: Any) -> Runtime:
+        data = dict(data)
+        data["balancer"] = {**FAST_OPTIONS, **data.get("balancer", {})}
+        runtime_kwargs.setdefault("gpu_sampler", NoGpuSampler())
+        runtime = Runtime(config_from_data(data), **runtime_kwargs)
+        await runtime.start("127.0.0.1", 0)
+        started.append(runtime)
+        if settle:
+            await wait_until(lambda: _settled(runtime))
+        return runtime
+
+    yield start
+    for runtime in started:
+        await runtime.stop()
+
+
+def _settled(runtime: Runtime) -> bool:
+    registry = runtime.context.registry
+    window = runtime.context.config.balancer.health_window
+    for name in registry.names():
+        state = registry.state(name)
+        if len(state.samples) < window:
+            return False
+        if state.served is None and state.samples[-1].status != "invalid":
+            return False
+    return True
+
+
+@pytest.fixture
+async def http():
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+async def snapshot(http: aiohttp.ClientSession, runtime: Runtime) -> dict[str, Any]:
+    async with http.get(runtime.url + "/llmhealth-snapshot") as response:
+        assert response.status == 200
+        return await response.json()
+
+
+async def assert_nothing_in_flight(http: aiohttp.ClientSession, runtime: Runtime) -> None:
+    """Every in-flight count is back to zero, as /llmhealth-snapshot reports it."""
+    async def clear() -> bool:
+        snap = await snapshot(http, runtime)
+        return snap["inflight_total"] == 0 and all(
+            b["total_inflight"] == 0 and not b["model_inflight"] for b in snap["backends"].values()
+        )
+    await wait_until(clear, timeout=2.0)
