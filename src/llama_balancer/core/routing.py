@@ -66,7 +66,7 @@ def choose_route(
     """
     if not candidates:
         return Route(fallback, model, "fallback")
-    if sticky is not None and _sticky_usable(sticky, candidates, views, now, sticky_ttl_s):
+    if sticky is not None and _sticky_usable(sticky, model, candidates, views, now, sticky_ttl_s):
         return Route(sticky.server, sticky.instance, "sticky")
     for name in candidates:
         view = views[name]
@@ -86,6 +86,7 @@ def choose_route(
 
 def _sticky_usable(
     sticky: StickyBinding,
+    model: str,
     candidates: list[str],
     views: Mapping[str, ServerView],
     now: float,
@@ -96,4 +97,4 @@ def _sticky_usable(
     view = views[sticky.server]
     if view.status == "invalid" or view.full:
         return False
-    return view.served is None or sticky.instance in view.served
+    return view.served is None or sticky.instance in view.instances(model)

@@ -1,0 +1,133 @@
+"""state/access_stats.py: the last hour of routed requests for /access-log-stats."""
+from __future__ import annotations
+
+import pytest
+
+from llama_balancer.state.access_stats import AccessStats
+
+HOUR = 3600.0
+
+
+@pytest.fixture
+def stats(clock) -> AccessStats:
+    return AccessStats(HOUR, clock)
+
+
+def record(stats: AccessStats, ip: str = "10.0.0.1", model: str = "m", user: str | None = None,
+           server: str = "PC1", instance: str = "m", reason: str = "free-instance") -> None:
+    stats.record(ip, model, user, server, instance, reason)
+
+
+def test_an_empty_log_has_zero_totals_and_sixty_empty_minutes(stats):
+    summary = stats.summary()
+
+    assert summary["total"] == 0
+    assert summary["unique_ips"] == summary["unique_models"] == summary["unique_users"] == 0
+    assert summary["by_ip"] == summary["by_model"] == summary["by_user"] == summary["by_server"] == {}
+    assert summary["recent"] == []
+    assert len(summary["per_minute"]) == 60
+    assert all(bucket["count"] == 0 for bucket in summary["per_minute"])
+    assert summary["window_seconds"] == HOUR
+    assert summary["now"] == "2026-11-27T09:00:00.000Z"
+
+
+def test_totals_unique_counts_and_counters(stats):
+    record(stats, ip="10.0.0.1", model="a", user="alice", server="PC1")
+    record(stats, ip="10.0.0.1", model="a", user="alice", server="PC1")
+    record(stats, ip="10.0.0.2", model="b", user=None, server="PC2")
+    record(stats, ip="10.0.0.3", model="a", user="bob", server="PC1")
+
+    summary = stats.summary()
+
+    assert summary["total"] == 4
+    assert summary["unique_ips"] == 3
+    assert summary["unique_models"] == 2
+    assert summary["unique_users"] == 2  # requests without a user name do not count
+    assert summary["by_ip"] == {"10.0.0.1": 2, "10.0.0.2": 1, "10.0.0.3": 1}
+    assert summary["by_model"] == {"a": 3, "b": 1}
+    assert summary["by_user"] == {"alice": 2, "bob": 1}
+    assert summary["by_server"] == {"PC1": 3, "PC2": 1}
+
+
+def test_counters_are_ordered_most_common_first(stats):
+    record(stats, model="rare")
+    for _ in range(3):
+        record(stats, model="popular")
+
+    assert list(stats.summary()["by_model"]) == ["popular", "rare"]
+
+
+def test_per_minute_buckets_cover_the_last_hour_ending_at_the_current_minute(stats, clock):
+    clock.advance(30)  # 09:00:30
+    record(stats)
+    clock.advance(60)  # 09:01:30
+    record(stats)
+    record(stats)
+
+    buckets = stats.summary()["per_minute"]
+
+    assert len(buckets) == 60
+    assert buckets[-1] == {"minute": "2026-11-27T09:01:00.000Z", "count": 2}
+    assert buckets[-2] == {"minute": "2026-11-27T09:00:00.000Z", "count": 1}
+    assert buckets[0]["minute"] == "2026-11-27T08:02:00.000Z"
+    minutes = [b["minute"] for b in buckets]
+    assert minutes == sorted(minutes) and len(set(minutes)) == 60
+
+
+def test_records_older_than_the_window_drop_out(stats, clock):
+    record(stats, model="old", user="ghost")
+    clock.advance(HOUR - 60)
+    record(stats, model="new")
+
+    assert stats.summary()["total"] == 2
+
+    clock.advance(60)  # the first record is now exactly an hour old
+
+    summary = stats.summary()
+    assert summary["total"] == 1
+    assert summary["by_model"] == {"new": 1}
+    assert summary["by_user"] == {}
+    assert sum(b["count"] for b in summary["per_minute"]) == 1
+
+
+def test_recent_lists_the_last_twenty_newest_first(stats, clock):
+    for index in range(25):
+        record(stats, ip=f"10.0.0.{index}", user="u" if index == 24 else None, instance="m-2", reason="idle")
+        clock.advance(1)
+
+    recent = stats.summary()["recent"]
+
+    assert len(recent) == 20
+    assert recent[0] == {
+        "at": "2026-11-27T09:00:24.000Z",
+        "ip": "10.0.0.24",
+        "user": "u",
+        "model": "m",
+        "server": "PC1",
+        "instance": "m-2",
+        "reason": "idle",
+    }
+    assert recent[-1]["ip"] == "10.0.0.5"
+
+
+def test_window_length_is_configurable(clock):
+    stats = AccessStats(120.0, clock)
+    record(stats)
+    clock.advance(119)
+    assert stats.summary()["total"] == 1
+
+    clock.advance(1)
+    summary = stats.summary()
+    assert summary["total"] == 0
+    assert len(summary["per_minute"]) == 2
+
+
+def test_the_log_is_bounded_by_max_records(clock):
+    stats = AccessStats(HOUR, clock, max_records=3)
+    for model in ["a", "b", "c", "d"]:
+        record(stats, model=model)
+
+    summary = stats.summary()
+    assert summary["total"] == 3
+    assert set(summary["by_model"]) == {"b", "c", "d"}
+

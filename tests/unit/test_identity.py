@@ -1,0 +1,102 @@
+"""core/identity.py: who is asking, from a system message or the client address."""
+from __future__ import annotations
+
+import pytest
+
+from llama_balancer.core.identity import client_ip, user_from_messages
+
+
+def system(content):
+    return {"role": "system", "content": content}
+
+
+@pytest.mark.parametrize(
+    ("opening", "closing"),
+    [("「", "」"), ("『", "』"), ("“", "”"), ('"', '"'), ("'", "'")],
+)
+def test_user_name_is_found_with_every_quote_pair(opening, closing):
+    messages = [system(f"あなたは助手です。ユーザーの名前は{opening}田中{closing}です。")]
+
+    assert user_from_messages(messages) == "田中"
+
+
+def test_name_may_contain_spaces_and_latin_letters():
+    assert user_from_messages([system("ユーザーの名前は「Jane Doe」")]) == "Jane Doe"
+
+
+def test_content_given_as_a_list_of_parts_is_searched():
+    messages = [
+        system(
+            [
+                {"type": "text", "text": "You are helpful."},
+                {"type": "image_url", "image_url": {"url": "data:"}},
+                {"type": "text", "text": "ユーザーの名前は『suzuki』"},
+            ]
+        )
+    ]
+
+    assert user_from_messages(messages) == "suzuki"
+
+
+def test_only_system_messages_count():
+    messages = [
+        {"role": "user", "content": "ユーザーの名前は「mallory」"},
+        {"role": "assistant", "content": "ユーザーの名前は「bot」"},
+    ]
+
+    assert user_from_messages(messages) is None
+
+
+def test_a_later_system_message_is_found_after_other_roles():
+    messages = [
+        {"role": "user", "content": "ユーザーの名前は「mallory」"},
+        system("ユーザーの名前は「alice」"),
+    ]
+
+    assert user_from_messages(messages) == "alice"
+
+
+def test_the_first_declared_name_wins():
+    messages = [system("ユーザーの名前は「alice」"), system("ユーザーの名前は「bob」")]
+
+    assert user_from_messages(messages) == "alice"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "ユーザーの名前は田中です",  # no quotes
+        "ユーザーの名前は「」",  # empty name
+        "ユーザーの名前は「田中",  # unclosed
+        "ユーザーの名前は「田中』",  # mismatched pair
+        "ユーザーの名前は「田\n中」",  # a line break is not part of a name
+        "The user's name is 'Tanaka'",  # other wording
+    ],
+)
+def test_no_name_without_the_phrase_and_a_matching_quote_pair(text):
+    assert user_from_messages([system(text)]) is None
+
+
+@pytest.mark.parametrize(
+    "messages",
+    [None, "ユーザーの名前は「x」", {"role": "system"}, [None, 3, "s"], [system(None)], [system(42)], [system([1, {"text": 2}])]],
+)
+def test_malformed_messages_give_no_name_instead_of_failing(messages):
+    assert user_from_messages(messages) is None
+
+
+def test_client_ip_is_the_first_forwarded_for_entry():
+    assert client_ip("203.0.113.7, 10.0.0.1, 10.0.0.2", "10.0.0.2") == "203.0.113.7"
+
+
+def test_client_ip_trims_spaces_around_the_first_entry():
+    assert client_ip("  203.0.113.7  ", "10.0.0.2") == "203.0.113.7"
+
+
+@pytest.mark.parametrize("forwarded", [None, "", " , 10.0.0.1"])
+def test_client_ip_falls_back_to_the_peer_without_a_usable_forwarded_for(forwarded):
+    assert client_ip(forwarded, "192.0.2.10") == "192.0.2.10"
+
+
+def test_client_ip_without_peer_or_header_is_unknown():
+    assert client_ip(None, None) == "unknown"
