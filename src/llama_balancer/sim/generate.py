@@ -1,0 +1,146 @@
+"""Response bodies and stream events, in the shapes llama-server sends them.
+
+Chat (/v1/chat/completions) and text (/v1/completions) streams are OpenAI SSE ending in
+``data: [DONE]``; the native /completion stream sends ``{"content", "stop": false}`` events
+and a last ``"stop": true`` event, with no [DONE].
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import orjson
+
+from .engine import Run
+from .parse import CHAT, NATIVE
+
+DONE = b"data: [DONE]\n\n"
+FINGERPRINT = "b0-sim"
+
+
+def sse(obj: dict[str, Any]) -> bytes:
+    """One server-sent event carrying a JSON object."""
+    return b"data: " + orjson.dumps(obj) + b"\n\n"
+
+
+def _ident(run: Run) -> str:
+    prefix = "chatcmpl" if run.job.kind == CHAT else "cmpl"
+    return f"{prefix}-sim{run.task_id}"
+
+
+def _envelope(run: Run, obj: str, choices: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "id": _ident(run),
+        "object": obj,
+        "created": run.created,
+        "model": run.job.instance,
+        "system_fingerprint": FINGERPRINT,
+        "choices": choices,
+    }
+
+
+def _native_final(run: Run, content: str) -> dict[str, Any]:
+    job = run.job
+    return {
+        "index": 0,
+        "content": content,
+        "tokens": [],
+        "id_slot": run.slot_id,
+        "stop": True,
+        "model": job.instance,
+        "tokens_predicted": len(run.pieces),
+        "tokens_evaluated": len(job.tokens),
+        "generation_settings": {"n_predict": run.n_predict, "stream": job.stream},
+        "prompt": job.prompt_text,
+        "has_new_line": False,
+        "truncated": False,
+        "stop_type": "limit" if run.finish_reason == "length" else "eos",
+        "stopping_word": "",
+        "tokens_cached": len(job.tokens) + len(run.pieces),
+        "timings": run.timings(),
+    }
+
+
+def full_body(run: Run) -> dict[str, Any]:
+    """The non-streaming answer for the run's endpoint."""
+    kind = run.job.kind
+    if kind == NATIVE:
+        return _native_final(run, run.text)
+    if kind == CHAT:
+        choice = {"index": 0, "finish_reason": run.finish_reason,
+                  "message": {"role": "assistant", "content": run.text}}
+        body = _envelope(run, "chat.completion", [choice])
+    else:
+        choice = {"index": 0, "finish_reason": run.finish_reason,
+                  "text": run.text, "logprobs": None}
+        body = _envelope(run, "text_completion", [choice])
+    body["usage"] = run.usage()
+    body["timings"] = run.timings()
+    return body
+
+
+def opening_events(run: Run) -> list[dict[str, Any]]:
+    """Events before the first token: the chat role delta (none for other endpoints)."""
+    if run.job.kind != CHAT:
+        return []
+    choice = {"index": 0, "finish_reason": None,
+              "delta": {"role": "assistant", "content": None}}
+    return [_envelope(run, "chat.completion.chunk", [choice])]
+
+
+def token_event(run: Run, piece: str) -> dict[str, Any]:
+    """The event that carries one generated token."""
+    kind = run.job.kind
+    if kind == NATIVE:
+        return {"index": 0, "content": piece, "tokens": [], "stop": False,
+                "id_slot": run.slot_id, "tokens_predicted": len(run.pieces),
+                "tokens_evaluated": len(run.job.tokens)}
+    if kind == CHAT:
+        choice = {"index": 0, "finish_reason": None, "delta": {"content": piece}}
+        return _envelope(run, "chat.completion.chunk", [choice])
+    choice = {"index": 0, "finish_reason": None, "text": piece, "logprobs": None}
+    return _envelope(run, "text_completion", [choice])
+
+
+def closing_events(run: Run) -> list[dict[str, Any]]:
+    """Events after the last token: finish (with timings), then usage if asked for."""
+    kind = run.job.kind
+    if kind == NATIVE:
+        return [_native_final(run, "")]
+    if kind == CHAT:
+        obj = "chat.completion.chunk"
+        choice: dict[str, Any] = {"index": 0, "finish_reason": run.finish_reason, "delta": {}}
+    else:
+        obj = "text_completion"
+        choice = {"index": 0, "finish_reason": run.finish_reason, "text": "", "logprobs": None}
+    finish = _envelope(run, obj, [choice])
+    finish["timings"] = run.timings()
+    events = [finish]
+    if run.job.include_usage:
+        usage = _envelope(run, obj, [])
+        usage["usage"] = run.usage()
+        events.append(usage)
+    return events
+
+
+def terminator(run: Run) -> bytes:
+    """What ends the stream: [DONE] for OpenAI endpoints, nothing for native."""
+    return b"" if run.job.kind == NATIVE else DONE
+
+
+def embedding_body(instance: str, inputs: list[str], n_tokens: int) -> dict[str, Any]:
+    """An OpenAI embeddings list; vectors come from `embed` below."""
+    data = [{"object": "embedding", "index": i, "embedding": embed(text)}
+            for i, text in enumerate(inputs)]
+    return {"object": "list", "data": data, "model": instance,
+            "usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens}}
+
+
+def embed(text: str, dim: int = 8) -> list[float]:
+    """A small deterministic unit vector derived from the text's bytes."""
+    digest = hashlib.sha256(text.encode()).digest()
+    raw = [(b - 127.5) / 127.5 for b in digest[:dim]]
+    norm = sum(x * x for x in raw) ** 0.5 or 1.0
+    return [x / norm for x in raw]
+

@@ -1,0 +1,127 @@
+"""Turning a completion request body into a Job, with llama-server's error shapes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from .state import SimState
+from .tokens import chat_tokens, prompt_tokens
+
+CHAT, TEXT, NATIVE, EMBED = "chat", "text", "native", "embed"
+
+
+class SimHTTPError(Exception):
+    """An error answered as llama-server's JSON: {"error": {code, message, type, ...}}."""
+
+    def __init__(self, status: int, message: str, err_type: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.err_type = err_type
+        self.extra = extra
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"code": self.status, "message": self.message,
+                          "type": self.err_type, **self.extra}}
+
+
+@dataclass
+class Job:
+    """What one completion request asks for, after parsing."""
+
+    kind: str
+    model: Any
+    instance: str
+    tokens: list[str]
+    max_tokens: int
+    explicit_limit: bool
+    stream: bool = False
+    include_usage: bool = False
+    id_slot: int = -1
+    cache_prompt: bool = True
+    prompt_text: str = ""
+
+
+def decode_body(raw: bytes) -> dict[str, Any]:
+    """Parse a JSON object body; like llama-server, bad JSON is a 500 server_error."""
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise SimHTTPError(500, f"[json.exception.parse_error] {exc}", "server_error") from exc
+    if not isinstance(body, dict):
+        raise SimHTTPError(500, "[json.exception.type_error] body is not an object", "server_error")
+    return body
+
+
+def _int_or_none(value: Any) -> int | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return int(value)
+
+
+def _limit(kind: str, body: dict[str, Any]) -> int | None:
+    """The requested generation length, or None when the request sets none."""
+    if kind == CHAT:
+        keys = ("max_completion_tokens", "max_tokens")
+    elif kind == NATIVE:
+        keys = ("n_predict", "max_tokens")
+    else:
+        keys = ("max_tokens",)
+    for key in keys:
+        value = _int_or_none(body.get(key))
+        if value is not None and value >= 0:
+            return value
+    return None
+
+
+def _tokens(kind: str, body: dict[str, Any]) -> list[str]:
+    if kind == CHAT:
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+            raise SimHTTPError(400, "'messages' is required and must be a list of objects",
+                               "invalid_request_error")
+        return chat_tokens(messages)
+    key = "input" if kind == EMBED else "prompt"
+    if key not in body:
+        raise SimHTTPError(400, f"\"{key}\" must be provided", "invalid_request_error")
+    return prompt_tokens(body[key])
+
+
+def parse_job(kind: str, body: dict[str, Any], state: SimState) -> Job:
+    """Build the Job, or raise SimHTTPError (400) for a request the server refuses."""
+    cfg = state.config
+    tokens = _tokens(kind, body)
+    limit = _limit(kind, body)
+    stream_options = body.get("stream_options")
+    id_slot = _int_or_none(body.get("id_slot"))
+    return Job(
+        kind=kind,
+        model=body.get("model"),
+        instance=state.instance_for(body.get("model")),
+        tokens=tokens,
+        max_tokens=cfg.default_max_tokens if limit is None else limit,
+        explicit_limit=limit is not None,
+        stream=body.get("stream") is True and kind != EMBED,
+        include_usage=isinstance(stream_options, dict)
+        and stream_options.get("include_usage") is True,
+        id_slot=-1 if id_slot is None else id_slot,
+        cache_prompt=body.get("cache_prompt") is not False,
+        prompt_text=body["prompt"] if isinstance(body.get("prompt"), str) else "",
+    )
+
+
+def check_context(job: Job, n_ctx: int) -> None:
+    """A prompt longer than a slot's context is a 400 exceed_context_size_error."""
+    n = len(job.tokens)
+    if n > n_ctx:
+        raise SimHTTPError(
+            400,
+            f"request ({n} tokens) exceeds the available context size ({n_ctx} tokens), "
+            "try increasing it",
+            "exceed_context_size_error",
+            n_prompt_tokens=n,
+            n_ctx=n_ctx,
+        )
