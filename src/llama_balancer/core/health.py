@@ -72,7 +72,8 @@ class GpuWindow:
         """The ``/llmhealth`` body: busy when the window's maximum reaches the threshold."""
         util = self.max_util(now)
         status = "busy" if util >= self.threshold else "idle"
-        return {"status": status, "gpu_util_max5s": round(util, 1), "window_seconds": self.window_s}
+        window = int(self.window_s) if float(self.window_s).is_integer() else self.window_s
+        return {"status": status, "gpu_util_max5s": round(util, 1), "window_seconds": window}
 
     def _trim(self, now: float) -> None:
         while self._samples and self._samples[0][0] <= now - self.window_s:
