@@ -20,6 +20,7 @@ FAST_OPTIONS: dict[str, Any] = {
     "health_read_timeout_s": 0.5,
     "models_cache_ttl_s": 0.05,
     "gpu_sample_interval_s": 0.02,
+    "access_log": "off",
 }
 
 

@@ -1,19 +1,25 @@
-"""Builds everything from a Config, owns every task, serves, and shuts down cleanly."""
+"""Builds everything from a Config, owns every task, serves, reloads, and drains on shutdown."""
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from aiohttp import web
 
+from .core.auth import AuthPolicy, merge_keys
 from .core.config import Config, parse_config
+from .core.errors import ConfigError
 from .core.health import GpuWindow
+from .core.identity import TrustedProxies
 from .http.app import build_app
 from .http.context import AppContext
+from .io.config_watch import ConfigWatcher
 from .io.gpu import GpuMonitor, GpuSampler, detect_sampler
+from .io.observability import AccessLog, Metrics
 from .io.pollers import Pollers
 from .io.upstream import UpstreamClient
 from .state.access_stats import AccessStats
@@ -23,19 +29,28 @@ from .state.sticky import StickyStore
 
 log = logging.getLogger("llama_balancer")
 
+API_KEYS_ENV = "LLAMA_BALANCER_API_KEYS"
+ADMIN_KEYS_ENV = "LLAMA_BALANCER_ADMIN_KEYS"
+
 
 def load_config(path: str | Path) -> Config:
     """Read and validate a config file; raises ConfigError (path-named) or OSError."""
     return parse_config(Path(path).read_bytes())
 
 
+def auth_policy(config: Config, environ: Mapping[str, str]) -> AuthPolicy:
+    return AuthPolicy(merge_keys(config.auth.api_keys, environ.get(API_KEYS_ENV)),
+                      merge_keys(config.auth.admin_keys, environ.get(ADMIN_KEYS_ENV)))
+
+
 class Runtime:
     """One balancer process: the app context, its background tasks and the listening site."""
 
     def __init__(self, config: Config, *, config_path: str | None = None, clock: Clock | None = None,
-                 gpu_sampler: GpuSampler | None = None) -> None:
+                 gpu_sampler: GpuSampler | None = None, environ: Mapping[str, str] | None = None) -> None:
         clock = clock or SystemClock()
         options = config.balancer
+        self._environ = os.environ if environ is None else environ
         registry = Registry(config, clock)
         client = UpstreamClient(options)
         self.context = AppContext(
@@ -49,20 +64,38 @@ class Runtime:
             gpu=GpuMonitor(gpu_sampler or detect_sampler(),
                            GpuWindow(options.gpu_window_s, options.gpu_busy_threshold),
                            options.gpu_sample_interval_s),
-            info={"path": config_path, "loaded_at": iso_utc(clock.wall())},
+            metrics=Metrics(registry),
+            access_log=AccessLog(options.access_log, options.access_log_max_bytes, options.access_log_backups),
+            auth=auth_policy(config, self._environ),
+            trusted=TrustedProxies(options.trusted_proxies),
+            info={"path": config_path, "loaded_at": iso_utc(clock.wall()), "error": None},
         )
+        self.config_path = config_path
+        self._watcher: ConfigWatcher | None = None
+        if config_path is not None:
+            self.context.reload = self.reload
+            self._watcher = ConfigWatcher(config_path, options.config_poll_interval_s, self.reload)
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
 
     async def start(self, host: str = "0.0.0.0", port: int = 18000) -> int:
         """Start the client, polls and GPU sampler, then listen; returns the bound port."""
         ctx = self.context
+        options = ctx.config.balancer
         await ctx.client.start()
         ctx.pollers.apply(ctx.config)
         ctx.gpu.start()
+        if self._watcher is not None:
+            self._watcher.start()
         # handler_cancellation: a client that goes away cancels its handler, which closes
-        # the upstream request and gives back the in-flight slot.
-        self._runner = web.AppRunner(build_app(ctx), handler_cancellation=True, access_log=None)
+        # the upstream request and gives back the in-flight slot. shutdown_timeout is the
+        # drain grace: on stop, in-flight requests get that long to finish.
+        self._runner = web.AppRunner(
+            build_app(ctx), handler_cancellation=True, access_log=None,
+            shutdown_timeout=options.drain_grace_s,
+            max_line_size=options.max_header_bytes, max_field_size=options.max_header_bytes,
+            max_headers=options.max_headers,
+        )
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port, backlog=4096, reuse_address=True)
         await site.start()
@@ -70,14 +103,48 @@ class Runtime:
         self.port = sockets[0].getsockname()[1] if sockets else port
         return self.port
 
-    async def stop(self) -> None:
+    async def reload(self) -> dict[str, Any]:
+        """Parse and validate the file, then swap atomically; a bad file changes nothing."""
         ctx = self.context
-        ctx.pollers.stop()
-        await ctx.gpu.stop()
+        assert self.config_path is not None
+        if self._watcher is not None:
+            self._watcher.mark_seen()
+        try:
+            config = load_config(self.config_path)
+        except (ConfigError, OSError) as exc:
+            problems = exc.problems if isinstance(exc, ConfigError) else [str(exc)]
+            ctx.info["error"] = "; ".join(problems)
+            ctx.info["error_at"] = iso_utc(ctx.clock.wall())
+            log.error("config reload refused, the running config stays in force: %s", ctx.info["error"])
+            return {"ok": False, "errors": problems}
+        self._apply(config)
+        log.info("config reloaded from %s", self.config_path)
+        return {"ok": True, "loaded_at": ctx.info["loaded_at"]}
+
+    def _apply(self, config: Config) -> None:
+        ctx = self.context
+        options = config.balancer
+        ctx.registry.reconfigure(config)
+        ctx.sticky.ttl_s = options.sticky_ttl_s
+        ctx.stats.window_s = options.access_log_window_s
+        ctx.auth = auth_policy(config, self._environ)
+        ctx.trusted = TrustedProxies(options.trusted_proxies)
+        ctx.config = config  # requests already placed keep the server they were given
+        ctx.pollers.apply(config)
+        ctx.info.update(loaded_at=iso_utc(ctx.clock.wall()), error=None, error_at=None)
+
+    async def stop(self) -> None:
+        """Stop listening, let requests in flight finish within the drain grace, then close."""
+        ctx = self.context
+        if self._watcher is not None:
+            await self._watcher.stop()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        ctx.pollers.stop()
+        await ctx.gpu.stop()
         await ctx.client.close()
+        ctx.access_log.close()
 
     @property
     def url(self) -> str:
@@ -85,14 +152,13 @@ class Runtime:
 
 
 async def serve_until_signal(runtime: Runtime, host: str, port: int, banner: list[str] | None = None) -> None:
-    """Serve until SIGINT/SIGTERM, then stop cleanly."""
+    """Serve until SIGINT/SIGTERM (then drain); SIGHUP reloads the config file."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        try:
-            loop.add_signal_handler(sig, stop.set)
-        except (NotImplementedError, RuntimeError):  # Windows
-            pass
+        _on_signal(loop, sig, stop.set)
+    if runtime.config_path is not None:
+        _on_signal(loop, getattr(signal, "SIGHUP", None), lambda: asyncio.ensure_future(runtime.reload()))
     bound = await runtime.start(host, port)
     log.info("llama-balancer listening on http://%s:%d", host, bound)
     for line in banner or []:
@@ -100,8 +166,20 @@ async def serve_until_signal(runtime: Runtime, host: str, port: int, banner: lis
     try:
         await stop.wait()
     finally:
-        log.info("shutting down")
+        grace = runtime.context.config.balancer.drain_grace_s
+        log.info("shutting down: no new connections; up to %.0f s for %d request(s) in flight",
+                 grace, runtime.context.registry.total_inflight())
         await runtime.stop()
+        log.info("stopped")
+
+
+def _on_signal(loop: asyncio.AbstractEventLoop, sig: signal.Signals | None, action: Any) -> None:
+    if sig is None:
+        return
+    try:
+        loop.add_signal_handler(sig, action)
+    except (NotImplementedError, RuntimeError):  # Windows: Ctrl-C still raises KeyboardInterrupt
+        pass
 
 
 def run(coro: Any) -> None:

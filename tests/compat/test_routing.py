@@ -125,11 +125,21 @@ async def test_binding_a_new_identity_to_an_instance_drops_the_old_binding(sims,
     assert keys == ["carol"]
 
 
-async def test_the_client_ip_is_the_identity_without_a_user_name(two_servers, http):
-    _, _, runtime = two_servers
-    await post_chat(http, runtime, chat(), **{"X-Forwarded-For": "10.1.2.3, 10.0.0.1"})
+async def test_the_client_ip_is_the_identity_without_a_user_name(sims, balancer, http):
+    pc1 = await sims(name="PC1", models=[MODEL])
+    # X-Forwarded-For counts only from a trusted proxy (here: the test client on loopback).
+    runtime = await balancer({"servers": {"PC1": server_entry(pc1)}, "models": {MODEL: ["PC1"]},
+                              "balancer": {"trusted_proxies": ["127.0.0.1"]}})
+    await post_chat(http, runtime, chat(), **{"X-Forwarded-For": "10.1.2.3"})
     entries = (await snapshot(http, runtime))["sticky"]
     assert [(e["key"], e["ip"]) for e in entries] == [("10.1.2.3", "10.1.2.3")]
+
+
+async def test_forwarded_for_from_an_untrusted_peer_cannot_take_another_identity(two_servers, http):
+    _, _, runtime = two_servers
+    await post_chat(http, runtime, chat(), **{"X-Forwarded-For": "10.1.2.3"})
+    entries = (await snapshot(http, runtime))["sticky"]
+    assert [(e["key"], e["ip"]) for e in entries] == [("127.0.0.1", "127.0.0.1")]
 
 
 async def test_sticky_binding_is_not_used_once_its_server_turns_invalid(two_servers, http):

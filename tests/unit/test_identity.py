@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from llama_balancer.core.identity import client_ip, user_from_messages
+from llama_balancer.core.identity import TrustedProxies, client_ip, user_from_messages
 
 
 def system(content):
@@ -85,18 +85,36 @@ def test_malformed_messages_give_no_name_instead_of_failing(messages):
     assert user_from_messages(messages) is None
 
 
-def test_client_ip_is_the_first_forwarded_for_entry():
-    assert client_ip("203.0.113.7, 10.0.0.1, 10.0.0.2", "10.0.0.2") == "203.0.113.7"
+ALL = TrustedProxies(["*"])
+NONE = TrustedProxies([])
+
+
+def test_client_ip_is_the_first_forwarded_for_entry_when_every_hop_is_trusted():
+    assert client_ip("203.0.113.7, 10.0.0.1, 10.0.0.2", "10.0.0.2", ALL) == "203.0.113.7"
 
 
 def test_client_ip_trims_spaces_around_the_first_entry():
-    assert client_ip("  203.0.113.7  ", "10.0.0.2") == "203.0.113.7"
+    assert client_ip("  203.0.113.7  ", "10.0.0.2", ALL) == "203.0.113.7"
 
 
-@pytest.mark.parametrize("forwarded", [None, "", " , 10.0.0.1"])
+@pytest.mark.parametrize("forwarded", [None, "", " ", " , "])
 def test_client_ip_falls_back_to_the_peer_without_a_usable_forwarded_for(forwarded):
-    assert client_ip(forwarded, "192.0.2.10") == "192.0.2.10"
+    assert client_ip(forwarded, "192.0.2.10", ALL) == "192.0.2.10"
 
 
 def test_client_ip_without_peer_or_header_is_unknown():
-    assert client_ip(None, None) == "unknown"
+    assert client_ip(None, None, ALL) == "unknown"
+
+
+def test_forwarded_for_from_an_untrusted_peer_is_ignored():
+    assert client_ip("203.0.113.7", "198.51.100.4", NONE) == "198.51.100.4"
+
+
+def test_behind_trusted_proxies_the_rightmost_untrusted_hop_wins():
+    trusted = TrustedProxies(["10.0.0.0/8", "127.0.0.1"])
+    # The client claims to be 1.1.1.1; our proxy at 10.0.0.5 appended the real address.
+    assert client_ip("1.1.1.1, 203.0.113.7, 10.0.0.5", "127.0.0.1", trusted) == "203.0.113.7"
+
+
+def test_a_peer_that_is_not_an_ip_is_not_trusted():
+    assert TrustedProxies(["10.0.0.0/8"]).trusts("unix-socket") is False

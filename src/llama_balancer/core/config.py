@@ -6,6 +6,7 @@ optional sections of ours (``rewrites``, ``balancer``), so existing files load u
 from __future__ import annotations
 
 import re
+from ipaddress import ip_network
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -27,6 +28,8 @@ class ServerConfig(BaseModel):
     health_port: int = Field(alias="health-port", ge=1, le=65535)
     model_port: int = Field(alias="model-port", ge=1, le=65535)
     request_max: int | None = Field(default=None, alias="request-max", gt=0)
+    # Sent upstream as "Authorization: Bearer ..."; never shown in snapshots or logs.
+    api_key: str | None = Field(default=None, min_length=1, repr=False)
 
     @field_validator("addr")
     @classmethod
@@ -66,6 +69,41 @@ class BalancerOptions(BaseModel):
     gpu_window_s: float = Field(5.0, gt=0)
     gpu_busy_threshold: float = Field(50.0, ge=0, le=100)
     access_log_window_s: float = Field(3600.0, gt=0)
+    access_log: str = Field("stdout", min_length=1)  # "stdout", "off" or a file path (rotated)
+    access_log_max_bytes: int = Field(10 * 1024 * 1024, gt=0)
+    access_log_backups: int = Field(5, ge=0)
+    trusted_proxies: list[str] = Field(default_factory=list)  # IPs/CIDRs whose X-Forwarded-For counts
+    max_header_bytes: int = Field(8190, ge=1024)  # longest request line or header field
+    max_headers: int = Field(128, ge=8)
+    drain_grace_s: float = Field(30.0, ge=0)
+    config_poll_interval_s: float = Field(2.0, gt=0)
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _valid_networks(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            if entry != "*":
+                try:
+                    ip_network(entry, strict=False)
+                except ValueError:
+                    raise ValueError(f"expected IP addresses or CIDR networks (or \"*\"), got {entry!r}") from None
+        return value
+
+
+class AuthConfig(BaseModel):
+    """Client and admin API keys; more can come from the environment (see runtime)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    api_keys: list[str] = Field(default_factory=list)
+    admin_keys: list[str] = Field(default_factory=list)
+
+    @field_validator("api_keys", "admin_keys")
+    @classmethod
+    def _no_empty_keys(cls, value: list[str]) -> list[str]:
+        if any(not key.strip() for key in value):
+            raise ValueError("keys must be non-empty strings")
+        return value
 
 
 class Config(BaseModel):
@@ -78,6 +116,7 @@ class Config(BaseModel):
     fallback_server: str | None = None
     rewrites: list[RewriteRule] = Field(default_factory=list)
     balancer: BalancerOptions = Field(default_factory=BalancerOptions)
+    auth: AuthConfig = Field(default_factory=AuthConfig)
     _routes: list[tuple[re.Pattern[str], list[str]]] = PrivateAttr(default_factory=list)
 
     def model_post_init(self, context: Any, /) -> None:

@@ -5,6 +5,7 @@ The old tool recognised ``ユーザーの名前は「NAME」`` with several quot
 from __future__ import annotations
 
 import re
+from ipaddress import ip_address, ip_network
 from typing import Any
 
 _QUOTES = [("「", "」"), ("『", "』"), ("“", "”"), ('"', '"'), ("'", "'")]
@@ -27,13 +28,37 @@ def user_from_messages(messages: Any) -> str | None:
     return None
 
 
-def client_ip(forwarded_for: str | None, peer: str | None) -> str:
-    """First ``X-Forwarded-For`` entry, else the peer address."""
-    if forwarded_for:
-        first = forwarded_for.split(",", 1)[0].strip()
-        if first:
-            return first
-    return peer or "unknown"
+class TrustedProxies:
+    """Addresses whose ``X-Forwarded-For`` is believed: IPs, CIDR networks, or ``*`` (all)."""
+
+    def __init__(self, entries: list[str]) -> None:
+        self.trust_all = "*" in entries
+        self._networks = [ip_network(e, strict=False) for e in entries if e != "*"]
+
+    def trusts(self, address: str) -> bool:
+        if self.trust_all:
+            return True
+        try:
+            ip = ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in network for network in self._networks)
+
+
+def client_ip(forwarded_for: str | None, peer: str | None, trusted: TrustedProxies) -> str:
+    """The client's address: the peer, unless the peer is a trusted proxy.
+
+    Behind trusted proxies the ``X-Forwarded-For`` chain is read from the right and the
+    first untrusted address wins (a client can prepend anything, but not past our proxies);
+    with every hop trusted, that is the first entry, as the old tool read it.
+    """
+    if not peer or not forwarded_for or not trusted.trusts(peer):
+        return peer or "unknown"
+    hops = [hop.strip() for hop in forwarded_for.split(",") if hop.strip()]
+    for hop in reversed(hops):
+        if not trusted.trusts(hop):
+            return hop
+    return hops[0] if hops else peer
 
 
 def _texts(content: Any) -> list[str]:

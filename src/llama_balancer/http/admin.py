@@ -84,3 +84,16 @@ async def handle_monitor(request: web.Request) -> web.Response:
     page = resources.files("llama_balancer.http").joinpath("assets/monitor.html").read_bytes()
     return web.Response(body=page, content_type="text/html", charset="utf-8",
                         headers={"Cache-Control": "no-store"})
+
+
+async def handle_metrics(request: web.Request) -> web.Response:
+    body = context_of(request).metrics.exposition()
+    return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+
+
+async def handle_reload(request: web.Request) -> web.Response:
+    ctx = context_of(request)
+    if ctx.reload is None:
+        return json_response({"ok": False, "error": "this balancer was started without a config file"}, 409)
+    result = await ctx.reload()
+    return json_response(result, 200 if result["ok"] else 422)

@@ -3,17 +3,18 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from .admin import (handle_access_stats, handle_favicon, handle_llmhealth, handle_models,
-                    handle_monitor, handle_snapshot)
+from .admin import (handle_access_stats, handle_favicon, handle_llmhealth, handle_metrics, handle_models,
+                    handle_monitor, handle_reload, handle_snapshot)
 from .context import CONTEXT, AppContext
 from .errors import error_middleware
+from .guards import auth_middleware, request_id_middleware, target_guard_middleware
 from .proxy import handle_proxy
 from .routed import MODEL_OPTIONAL, MODEL_REQUIRED, handle_routed
 
 
 def build_app(ctx: AppContext) -> web.Application:
     # Body limits are enforced per handler (413 as OpenAI JSON), so aiohttp's own cap is off.
-    app = web.Application(middlewares=[error_middleware], client_max_size=0)
+    app = web.Application(middlewares=[request_id_middleware, target_guard_middleware, auth_middleware, error_middleware], client_max_size=0)
     app[CONTEXT] = ctx
     router = app.router
     router.add_get("/llmhealth", handle_llmhealth)
@@ -22,6 +23,8 @@ def build_app(ctx: AppContext) -> web.Application:
     router.add_get("/access-log-stats", handle_access_stats)
     router.add_get("/v1/models", handle_models)
     router.add_get("/favicon.ico", handle_favicon)
+    router.add_get("/metrics", handle_metrics)
+    router.add_post("/admin/reload", handle_reload)
     for path in MODEL_REQUIRED + MODEL_OPTIONAL:
         router.add_post(path, handle_routed)
     router.add_route("*", "/{tail:.*}", handle_proxy)

@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 
+from ..core.auth import AuthPolicy
 from ..core.config import Config
+from ..core.identity import TrustedProxies
 from ..io.gpu import GpuMonitor
+from ..io.observability import AccessLog, Metrics
 from ..io.pollers import Pollers
 from ..io.upstream import UpstreamClient
 from ..state.access_stats import AccessStats
@@ -26,12 +29,19 @@ class AppContext:
     client: UpstreamClient
     pollers: Pollers
     gpu: GpuMonitor
-    info: dict[str, Any] = field(default_factory=dict)  # config path, started_at ...
+    metrics: Metrics
+    access_log: AccessLog
+    auth: AuthPolicy
+    trusted: TrustedProxies
+    info: dict[str, Any] = field(default_factory=dict)  # config path, loaded_at, last error
+    # Set by the runtime: re-read the config file; answers {"ok": bool, ...}.
+    reload: Callable[[], Awaitable[dict[str, Any]]] | None = None
 
 
 CONTEXT: web.AppKey[AppContext] = web.AppKey("llama_balancer_context", AppContext)
 # Set once response headers went to the client: after that an error can only abort.
 RESPONSE_STARTED: web.RequestKey[bool] = web.RequestKey("response_started", bool)
+REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id", str)
 
 
 def context_of(request: web.Request) -> AppContext:

@@ -1,30 +1,42 @@
 """Everything that is not routed goes to the fallback server, bodies streamed both ways."""
 from __future__ import annotations
 
+from typing import AsyncIterator
+
 from aiohttp import web
 
 from ..core.errors import PayloadTooLarge
 from ..io.forward import relay_response
-from ..io.headers import upstream_request_headers
 from .context import RESPONSE_STARTED, context_of
+from .recording import begin_exchange, finish_exchange
+from .upstream_headers import headers_for
 
 
 async def handle_proxy(request: web.Request) -> web.StreamResponse:
     ctx = context_of(request)
     config = ctx.config
-    limit = config.balancer.max_body_bytes
-    if request.content_length is not None and request.content_length > limit:
-        raise PayloadTooLarge(f"request body of {request.content_length} bytes exceeds the limit of {limit} bytes")
-    server = config.servers[config.fallback]
-    url = server.model_base + request.path_qs
-    headers = upstream_request_headers(request.headers, body_replaced=False)
-    data = _limited_body(request, limit) if request.body_exists else None
-    async with ctx.client.open(request.method, url, headers=headers, data=data, server=config.fallback) as upstream:
-        request[RESPONSE_STARTED] = True
-        return await relay_response(request, upstream, config.fallback)
+    ex = begin_exchange(ctx, request)
+    ex.server, ex.reason = config.fallback, "fallback"
+    error: BaseException | None = None
+    try:
+        limit = config.balancer.max_body_bytes
+        if request.content_length is not None and request.content_length > limit:
+            raise PayloadTooLarge(f"request body of {request.content_length} bytes exceeds the limit of {limit} bytes")
+        server = config.servers[config.fallback]
+        headers = headers_for(ctx, request, server, ex.request_id, body_replaced=False)
+        data = _limited_body(request, limit) if request.body_exists else None
+        async with ctx.client.open(request.method, server.model_base + request.path_qs, headers=headers,
+                                   data=data, server=config.fallback) as upstream:
+            request[RESPONSE_STARTED] = True
+            return await relay_response(request, upstream, config.fallback, ex)
+    except BaseException as exc:
+        error = exc
+        raise
+    finally:
+        finish_exchange(ctx, ex, error)
 
 
-async def _limited_body(request: web.Request, limit: int):
+async def _limited_body(request: web.Request, limit: int) -> AsyncIterator[bytes]:
     """The client's body as it arrives; a chunked body that grows past the limit is cut off."""
     size = 0
     async for chunk in request.content.iter_any():

@@ -7,27 +7,41 @@ still a clean error reply; after it, a broken backend means an aborted client co
 from __future__ import annotations
 
 import logging
+import time
 
 import aiohttp
 from aiohttp import web
 
 from ..core.errors import UpstreamError
+from ..core.usage import TAIL_BYTES
+from ..state.exchange import Exchange
 from .headers import client_response_headers
 from .upstream import map_error
 
 log = logging.getLogger("llama_balancer.forward")
 
 
-async def relay_response(request: web.Request, upstream: aiohttp.ClientResponse, server: str) -> web.StreamResponse:
-    """Stream ``upstream`` to the client; returns the prepared response when the body ended."""
-    response = web.StreamResponse(status=upstream.status, reason=upstream.reason,
-                                  headers=client_response_headers(upstream.headers))
+async def relay_response(request: web.Request, upstream: aiohttp.ClientResponse, server: str,
+                         exchange: Exchange | None = None) -> web.StreamResponse:
+    """Stream ``upstream`` to the client; returns the prepared response when the body ended.
+
+    With an ``exchange``, it notes the first byte's time and keeps the last few KiB of the
+    answer (where usage and timings are) for the access log and metrics.
+    """
+    headers = client_response_headers(upstream.headers)
+    if exchange is not None:
+        headers["X-Request-Id"] = exchange.request_id
+        exchange.status = upstream.status
+    response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
     if upstream.headers.get("Content-Length") is None and _may_have_body(request, upstream):
         response.enable_chunked_encoding()
     await response.prepare(request)
     try:
-        async for chunk in upstream.content.iter_any():
-            await response.write(chunk)
+        if exchange is None:
+            async for chunk in upstream.content.iter_any():
+                await response.write(chunk)
+        else:
+            await _relay_observed(upstream, response, exchange)
     except (aiohttp.ClientError, ConnectionError, TimeoutError) as exc:
         error = map_error(exc, str(upstream.url), server)
         log.warning("stream from %s broke off: %s", server, error)
@@ -35,6 +49,19 @@ async def relay_response(request: web.Request, upstream: aiohttp.ClientResponse,
         raise UpstreamStreamBroken(str(error), kind=getattr(error, "kind", "reset"), server=server) from None
     await response.write_eof()
     return response
+
+
+async def _relay_observed(upstream: aiohttp.ClientResponse, response: web.StreamResponse, exchange: Exchange) -> None:
+    tail = exchange.tail
+    kept = 0
+    async for chunk in upstream.content.iter_any():
+        if exchange.first_byte is None:
+            exchange.first_byte = time.monotonic()
+        tail.append(chunk)
+        kept += len(chunk)
+        while kept - len(tail[0]) >= TAIL_BYTES:
+            kept -= len(tail.pop(0))
+        await response.write(chunk)
 
 
 class UpstreamStreamBroken(UpstreamError):

@@ -17,6 +17,18 @@ class AccessRecord:
     server: str
     instance: str
     reason: str
+    status: int | None = None
+    ttft_s: float | None = None
+    duration_s: float | None = None
+    completion_tokens: int | None = None
+    queue_wait_s: float = 0.0
+    request_id: str | None = None
+
+    @property
+    def generation_s(self) -> float | None:
+        if self.duration_s is None or self.ttft_s is None:
+            return None
+        return max(self.duration_s - self.ttft_s, 0.0)
 
 
 class AccessStats:
@@ -25,14 +37,19 @@ class AccessStats:
         self._clock = clock
         self._records: deque[AccessRecord] = deque(maxlen=max_records)
 
-    def record(self, ip: str, model: str, user: str | None, server: str, instance: str, reason: str) -> None:
-        self._records.append(AccessRecord(self._clock.wall(), ip, model, user, server, instance, reason))
+    def record(self, ip: str, model: str, user: str | None, server: str, instance: str, reason: str,
+               **outcome: Any) -> None:
+        """One routed request; ``outcome`` may add status, ttft_s, duration_s, completion_tokens,
+        queue_wait_s and request_id (see AccessRecord)."""
+        self._records.append(AccessRecord(self._clock.wall(), ip, model, user, server, instance, reason, **outcome))
 
     def summary(self) -> dict[str, Any]:
         now = self._clock.wall()
         self._trim(now)
         records = list(self._records)
-        per_minute: Counter[int] = Counter(int(r.wall // 60) for r in records)
+        by_minute: dict[int, list[AccessRecord]] = {}
+        for record in records:
+            by_minute.setdefault(int(record.wall // 60), []).append(record)
         first_minute = int((now - self.window_s) // 60) + 1
         last_minute = int(now // 60)
         users = [r.user for r in records if r.user]
@@ -46,13 +63,13 @@ class AccessStats:
             "by_model": dict(Counter(r.model for r in records).most_common()),
             "by_user": dict(Counter(users).most_common()),
             "by_server": dict(Counter(r.server for r in records).most_common()),
-            "per_minute": [
-                {"minute": iso_utc(m * 60.0), "count": per_minute.get(m, 0)}
-                for m in range(first_minute, last_minute + 1)
-            ],
+            "per_minute": [_minute(m, by_minute.get(m, [])) for m in range(first_minute, last_minute + 1)],
             "recent": [
                 {"at": iso_utc(r.wall), "ip": r.ip, "user": r.user, "model": r.model,
-                 "server": r.server, "instance": r.instance, "reason": r.reason}
+                 "server": r.server, "instance": r.instance, "reason": r.reason, "status": r.status,
+                 "ttft_ms": _ms(r.ttft_s), "duration_ms": _ms(r.duration_s),
+                 "completion_tokens": r.completion_tokens, "queue_wait_ms": _ms(r.queue_wait_s),
+                 "request_id": r.request_id}
                 for r in records[-20:][::-1]
             ],
             "now": iso_utc(now),
@@ -61,3 +78,28 @@ class AccessStats:
     def _trim(self, now: float) -> None:
         while self._records and self._records[0].wall <= now - self.window_s:
             self._records.popleft()
+
+
+def _minute(minute: int, records: list[AccessRecord]) -> dict[str, Any]:
+    """A per-minute bucket: count, TTFT percentiles and generation speed."""
+    ttfts = sorted(r.ttft_s for r in records if r.ttft_s is not None)
+    tokens = sum(r.completion_tokens or 0 for r in records)
+    gen_s = sum(r.generation_s or 0.0 for r in records if r.completion_tokens)
+    return {
+        "minute": iso_utc(minute * 60.0),
+        "count": len(records),
+        "ttft_ms_p50": _ms(_percentile(ttfts, 0.5)),
+        "ttft_ms_p99": _ms(_percentile(ttfts, 0.99)),
+        "tokens": tokens,
+        "tokens_per_s": round(tokens / gen_s, 1) if gen_s > 0 else None,
+    }
+
+
+def _percentile(ordered: list[float], q: float) -> float | None:
+    if not ordered:
+        return None
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 1)

@@ -1,0 +1,196 @@
+"""Prompt fingerprints: cumulative hashes over successive blocks of a request's prompt.
+
+A backend's prompt cache helps a request exactly as far as the prompt's prefix matches what
+it processed before. We cannot see tokens, but we can see the request: cut it into blocks
+(one per chat message, long ones cut further; fixed-size pieces of a text prompt) and
+chain-hash them, so hash ``i`` stands for blocks ``0..i``. Remembering the hashes sent to a
+target lets a later request find its longest cached prefix there (``longest_match``).
+
+The algorithm, fixed so that every process and replica computes the same values:
+``digest_i = blake2b(digest_{i-1} + kind + utf8(block_i), digest_size=8)`` with
+``digest_{-1} = b""``; ``hash_i = int.from_bytes(digest_i, "big")``. ``kind`` is one byte:
+``M`` a chat message's first block, ``C`` a continuation of the block before, ``T`` tools,
+``P`` a text-prompt piece, ``K`` a piece of token ids, ``X`` infill context.
+A chat message renders as ``role`` (``role:name`` when named, plus ``#tool_call_id``), a
+newline, then its text; content parts' texts are joined with newlines, other parts become
+``<type:hash>`` markers; ``tool_calls`` are appended as sorted-key JSON after a newline.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any, Container, Iterator
+
+import orjson
+
+CHAT_BLOCK_CHARS = 1024  # a long message (a big system prompt) is cut so partial overlaps count
+TEXT_BLOCK_CHARS = 256  # text prompts have no message boundaries; smaller pieces match finer
+TOKEN_BLOCK = 64  # token-id prompts: ids per block
+CHARS_PER_TOKEN = 4  # weight of one token id, in characters, for match lengths
+MAX_BLOCKS = 512  # beyond this the tail is not fingerprinted (bounds the work and the state)
+
+_SYSTEM_ROLES = ("system", "developer")
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """Cumulative block hashes and each block's length in prompt characters."""
+
+    hashes: tuple[int, ...] = ()
+    lengths: tuple[int, ...] = ()
+
+    @property
+    def chars(self) -> int:
+        return sum(self.lengths)
+
+
+def fingerprint(payload: Any, max_blocks: int = MAX_BLOCKS) -> Fingerprint:
+    """The fingerprint of a request body; empty when it carries no prompt we recognise.
+
+    Chat (``messages``, Anthropic ``system``, Responses ``instructions`` + ``input`` items)
+    is cut per message; ``prompt`` (or a plain ``input``) per fixed-size piece.
+    """
+    if not isinstance(payload, dict):
+        return Fingerprint()
+    return _chain(_blocks(payload), max_blocks)
+
+
+def prefix_hashes(payload: Any) -> tuple[int, ...]:
+    """Just the cumulative hashes of ``fingerprint(payload)``."""
+    return fingerprint(payload).hashes
+
+
+def longest_match(fp: Fingerprint, known: Container[int]) -> tuple[int, int]:
+    """(matched blocks, matched chars) of the longest prefix whose hash is in ``known``.
+
+    Scans from the longest prefix down: an LRU may have dropped a short prefix's hash and
+    kept a longer one, so the known set need not be closed under prefixes.
+    """
+    for index in range(len(fp.hashes) - 1, -1, -1):
+        if fp.hashes[index] in known:
+            return index + 1, sum(fp.lengths[: index + 1])
+    return 0, 0
+
+
+def _chain(blocks: Iterator[tuple[bytes, str, int]], max_blocks: int) -> Fingerprint:
+    hashes: list[int] = []
+    lengths: list[int] = []
+    digest = b""
+    for kind, text, weight in blocks:
+        if len(hashes) >= max_blocks:
+            break
+        data = digest + kind + text.encode("utf-8", errors="surrogatepass")
+        digest = hashlib.blake2b(data, digest_size=8).digest()
+        hashes.append(int.from_bytes(digest, "big"))
+        lengths.append(weight)
+    return Fingerprint(tuple(hashes), tuple(lengths))
+
+
+def _blocks(payload: dict[str, Any]) -> Iterator[tuple[bytes, str, int]]:
+    """(kind, text, weight in chars) for each block, in prompt order."""
+    messages = payload.get("messages")
+    items = payload.get("input")
+    if isinstance(messages, list) or (isinstance(items, list) and _has_items(items)):
+        yield from _chat_blocks(payload, messages if isinstance(messages, list) else items)
+        return
+    if "input_prefix" in payload:  # llama.cpp /infill: repository context, then the prefix
+        extra = payload.get("input_extra")
+        if extra:
+            yield from _cut(b"X", _canonical(extra), CHAT_BLOCK_CHARS)
+        yield from _text_blocks(payload.get("input_prefix"))
+        return
+    if isinstance(items, str) and payload.get("instructions"):  # Responses with a string input
+        yield from _chat_blocks(payload, [{"role": "user", "content": items}])
+        return
+    yield from _text_blocks(payload.get("prompt", items))
+
+
+def _chat_blocks(payload: dict[str, Any], messages: list[Any]) -> Iterator[tuple[bytes, str, int]]:
+    """Leading system text, then the tools, then the other messages.
+
+    Chat templates commonly render tools inside the system turn, after its text, so a
+    changed tool list changes everything after the system prompt but not the prompt itself.
+    """
+    leading = [{"role": "system", "content": payload[key]}
+               for key in ("system", "instructions") if payload.get(key)]
+    rest = [m for m in messages if isinstance(m, dict)]
+    while rest and rest[0].get("role") in _SYSTEM_ROLES:
+        leading.append(rest.pop(0))
+    for message in leading:
+        yield from _cut(b"M", _render(message), CHAT_BLOCK_CHARS)
+    if payload.get("tools"):
+        yield from _cut(b"T", _canonical(payload["tools"]), CHAT_BLOCK_CHARS)
+    for message in rest:
+        yield from _cut(b"M", _render(message), CHAT_BLOCK_CHARS)
+
+
+def _render(message: dict[str, Any]) -> str:
+    role = message.get("role")
+    head = role if isinstance(role, str) else str(message.get("type", "item"))
+    if isinstance(message.get("name"), str):
+        head += ":" + message["name"]
+    if isinstance(message.get("tool_call_id"), str):
+        head += "#" + message["tool_call_id"]
+    if "content" in message or isinstance(role, str):
+        body = _content_text(message.get("content"))
+    else:  # a Responses item without a role (function_call, ...): all of it
+        body = _canonical(message)
+    if message.get("tool_calls"):
+        body += "\n" + _canonical(message["tool_calls"])
+    return head + "\n" + body
+
+
+def _content_text(content: Any) -> str:
+    """A message's text: a string as is; content parts' texts joined with newlines, so a
+    single text part equals the plain string; images and other parts as short markers."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, dict):
+        content = [content]
+    if not isinstance(content, list):
+        return ""
+    pieces = []
+    for part in content:
+        if isinstance(part, dict) and isinstance(part.get("text"), str):
+            pieces.append(part["text"])
+        elif isinstance(part, str):
+            pieces.append(part)
+        else:
+            kind = part.get("type", "part") if isinstance(part, dict) else "part"
+            digest = hashlib.blake2b(_canonical(part).encode(), digest_size=8).hexdigest()
+            pieces.append(f"<{kind}:{digest}>")
+    return "\n".join(pieces)
+
+
+def _text_blocks(prompt: Any) -> Iterator[tuple[bytes, str, int]]:
+    """A completion prompt: a string, token ids, or a batch (the first prompt stands for it)."""
+    if isinstance(prompt, dict):  # llama.cpp multimodal prompt object
+        prompt = prompt.get("prompt_string")
+    if isinstance(prompt, list) and prompt and all(isinstance(p, (str, list, dict)) for p in prompt):
+        prompt = prompt[0]
+        if isinstance(prompt, dict):
+            prompt = prompt.get("prompt_string")
+    if isinstance(prompt, str) and prompt:
+        yield from _cut(b"P", prompt, TEXT_BLOCK_CHARS)
+    elif isinstance(prompt, list):
+        for start in range(0, len(prompt), TOKEN_BLOCK):
+            piece = prompt[start:start + TOKEN_BLOCK]
+            yield b"K", ",".join(map(str, piece)), len(piece) * CHARS_PER_TOKEN
+
+
+def _cut(kind: bytes, text: str, size: int) -> Iterator[tuple[bytes, str, int]]:
+    """``text`` in pieces of at most ``size`` chars; the first keeps ``kind``, the rest ``C``."""
+    for start in range(0, max(len(text), 1), size):
+        piece = text[start:start + size]
+        yield (kind if start == 0 else b"C"), piece, len(piece)
+
+
+def _has_items(items: list[Any]) -> bool:
+    return any(isinstance(item, dict) and ("role" in item or "type" in item) for item in items)
+
+
+def _canonical(value: Any) -> str:
+    try:
+        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
+    except TypeError:
+        return repr(value)

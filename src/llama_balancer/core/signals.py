@@ -1,0 +1,366 @@
+"""Backend signals as pure data: what llama-server and vLLM say about their own load.
+
+Every parser takes the raw answer and returns a frozen value, or None when the answer
+carries no usable signal (an error body, ``--metrics`` off, garbage). None of them raises:
+a backend that answers nonsense must never take the poller down with it.
+
+Polled numbers lag (they are a second old at best), so the balancer fuses them with its own
+in-flight counts (``fuse_load``) instead of trusting either alone.
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Any, Iterable, Literal, Mapping
+
+import orjson
+
+BackendKind = Literal["agent", "llama.cpp", "vllm", "openai", "auto"]
+
+# name, optional {labels}, value, optional timestamp (ignored).
+_LINE = re.compile(
+    r'^([A-Za-z_:][A-Za-z0-9_:]*)\s*(?:\{((?:[^"}]|"(?:[^"\\]|\\.)*")*)\})?\s*(\S+)(?:\s+\S+)?\s*$'
+)
+_LABEL = re.compile(r'\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*"((?:[^"\\]|\\.)*)"\s*,?')
+_UNESCAPE = {"n": "\n", "\\": "\\", '"': '"'}
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One line of Prometheus text: ``name{labels} value``."""
+
+    name: str
+    labels: Mapping[str, str]
+    value: float
+
+
+def prometheus_samples(text: str | bytes) -> list[Sample]:
+    """Every well-formed sample line; comments, blank and broken lines are skipped."""
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", errors="replace")
+    samples = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        found = _LINE.match(line)
+        if found is None:
+            continue
+        try:
+            value = float(found.group(3))  # accepts NaN, +Inf, -Inf, 1e3
+        except ValueError:
+            continue
+        samples.append(Sample(found.group(1), _labels(found.group(2) or ""), value))
+    return samples
+
+
+def parse_prometheus(text: str | bytes) -> dict[str, float]:
+    """Samples summed per metric name, labels dropped.
+
+    Summing is what a balancer wants from a backend's gauges: vLLM labels each gauge with
+    ``model_name`` (and engine), and the load of the server is the total. NaN means "no
+    value" and is left out, so a name whose samples are all NaN is absent. Do not read
+    histogram ``_bucket`` series from this view (their sum over ``le`` means nothing).
+    """
+    out: dict[str, float] = {}
+    for sample in prometheus_samples(text):
+        if not math.isnan(sample.value):
+            out[sample.name] = out.get(sample.name, 0.0) + sample.value
+    return out
+
+
+def _labels(raw: str) -> dict[str, str]:
+    labels: dict[str, str] = {}
+    for found in _LABEL.finditer(raw):
+        value = re.sub(r"\\(.)", lambda m: _UNESCAPE.get(m.group(1), m.group(0)), found.group(2))
+        labels[found.group(1)] = value
+    return labels
+
+
+# --- llama.cpp llama-server ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One entry of ``GET /slots``; ``model`` is the simulator's non-standard addition."""
+
+    id: int
+    processing: bool
+    n_ctx: int | None = None
+    model: str | None = None
+    n_prompt_tokens: int | None = None
+    n_prompt_tokens_cache: int | None = None
+
+
+@dataclass(frozen=True)
+class SlotsInfo:
+    slots: tuple[Slot, ...]
+
+    @property
+    def total(self) -> int:
+        return len(self.slots)
+
+    @property
+    def busy_ids(self) -> tuple[int, ...]:
+        return tuple(s.id for s in self.slots if s.processing)
+
+    @property
+    def idle_ids(self) -> tuple[int, ...]:
+        return tuple(s.id for s in self.slots if not s.processing)
+
+    @property
+    def busy(self) -> int:
+        return len(self.busy_ids)
+
+    @property
+    def idle(self) -> int:
+        return len(self.idle_ids)
+
+    def for_model(self, model: str) -> SlotsInfo:
+        """The slots of one instance where slots name their model; all of them otherwise."""
+        if not any(s.model is not None for s in self.slots):
+            return self
+        return SlotsInfo(tuple(s for s in self.slots if s.model == model))
+
+
+def parse_llamacpp_slots(body: bytes) -> SlotsInfo | None:
+    """``GET /slots``: a list of slot objects. An error body or an empty list gives None.
+
+    A slot's state is ``is_processing`` (current servers) or ``state`` != 0 (older ones);
+    a slot that says neither counts as busy, so nothing is ever pinned to it.
+    """
+    data = _json(body)
+    if isinstance(data, dict):
+        data = data.get("slots")
+    if not isinstance(data, list):
+        return None
+    slots = [_slot(index, item) for index, item in enumerate(data) if isinstance(item, dict)]
+    return SlotsInfo(tuple(slots)) if slots else None
+
+
+def _slot(index: int, item: dict[str, Any]) -> Slot:
+    slot_id = _int(item.get("id"))
+    flag = item.get("is_processing")
+    if isinstance(flag, bool):
+        processing = flag
+    else:
+        state = _int(item.get("state"))
+        processing = state is None or state != 0
+    model = item.get("model")
+    return Slot(
+        id=slot_id if slot_id is not None else index,
+        processing=processing,
+        n_ctx=_int(item.get("n_ctx")),
+        model=model if isinstance(model, str) else None,
+        n_prompt_tokens=_int(item.get("n_prompt_tokens")),
+        n_prompt_tokens_cache=_int(item.get("n_prompt_tokens_cache")),
+    )
+
+
+@dataclass(frozen=True)
+class LlamaMetrics:
+    """The live gauges and token counters of llama-server's ``--metrics`` output."""
+
+    requests_processing: int
+    requests_deferred: int
+    prompt_tokens_total: float | None = None
+    prompt_tokens_cached_total: float | None = None
+    tokens_predicted_total: float | None = None
+    n_busy_slots_per_decode: float | None = None
+
+    @property
+    def cache_hit_ratio(self) -> float | None:
+        """Share of prompt tokens served from the cache over the server's life."""
+        fresh, cached = self.prompt_tokens_total, self.prompt_tokens_cached_total
+        if fresh is None or cached is None or fresh + cached <= 0:
+            return None
+        return cached / (fresh + cached)
+
+
+def parse_llamacpp_metrics(body: bytes) -> LlamaMetrics | None:
+    """``GET /metrics`` of llama-server; None without ``llamacpp:requests_processing``."""
+    values = parse_prometheus(body)
+    processing = _count(values.get("llamacpp:requests_processing"))
+    if processing is None:
+        return None
+    return LlamaMetrics(
+        requests_processing=processing,
+        requests_deferred=_count(values.get("llamacpp:requests_deferred")) or 0,
+        prompt_tokens_total=values.get("llamacpp:prompt_tokens_total"),
+        prompt_tokens_cached_total=values.get("llamacpp:prompt_tokens_cached_total"),
+        tokens_predicted_total=values.get("llamacpp:tokens_predicted_total"),
+        n_busy_slots_per_decode=values.get("llamacpp:n_busy_slots_per_decode"),
+    )
+
+
+def parse_llamacpp_props(body: bytes) -> int | None:
+    """``GET /props``: ``total_slots`` (the server's ``--parallel``), when positive."""
+    data = _json(body)
+    total = _int(data.get("total_slots")) if isinstance(data, dict) else None
+    return total if total is not None and total > 0 else None
+
+
+def parse_llamacpp_health(status: int, body: bytes) -> bool:
+    """``GET /health``: 200 is up (even with every slot busy); 503 is loading, anything
+    else down. A 200 whose JSON ``status`` speaks of loading or an error is not up either.
+    """
+    if status != 200:
+        return False
+    data = _json(body)
+    said = data.get("status") if isinstance(data, dict) else None
+    return not (isinstance(said, str) and ("loading" in said.lower() or "error" in said.lower()))
+
+
+# --- vLLM ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class VllmMetrics:
+    running: int
+    waiting: int
+    kv_usage: float | None = None  # 0..1, highest over engines
+
+
+def parse_vllm_metrics(body: bytes) -> VllmMetrics | None:
+    """``GET /metrics`` of vLLM; None when it has neither running nor waiting gauges.
+
+    Counts are summed over labels (``model_name``, ``engine``); swapped requests (vLLM v0)
+    count as waiting. KV usage is the highest over labels, since a sum of fractions is no
+    fraction; ``vllm:kv_cache_usage_perc`` is preferred to the older ``gpu_cache_usage_perc``.
+    """
+    samples = prometheus_samples(body)
+    values = parse_prometheus(body)
+    running = _count(values.get("vllm:num_requests_running"))
+    waiting = _count(values.get("vllm:num_requests_waiting"))
+    if running is None and waiting is None:
+        return None
+    swapped = _count(values.get("vllm:num_requests_swapped")) or 0
+    kv = _highest(samples, "vllm:kv_cache_usage_perc")
+    if kv is None:
+        kv = _highest(samples, "vllm:gpu_cache_usage_perc")
+    return VllmMetrics(running or 0, (waiting or 0) + swapped, kv)
+
+
+def _highest(samples: Iterable[Sample], name: str) -> float | None:
+    values = [s.value for s in samples if s.name == name and math.isfinite(s.value)]
+    if not values:
+        return None
+    top = max(values)
+    top = top / 100.0 if top > 1.0 else top  # someone's percent instead of a fraction
+    return min(max(top, 0.0), 1.0)
+
+
+# --- kinds and the fused load -------------------------------------------------------------
+
+
+def guess_kind(
+    server_header: str | None, props_body: bytes | None, metrics_body: bytes | None
+) -> Literal["llama.cpp", "vllm", "openai"]:
+    """What an ``auto`` backend is: llama-server says so in ``Server`` and ``/props``;
+    vLLM in its metric names; anything else is a plain OpenAI-compatible server.
+    """
+    if server_header and "llama.cpp" in server_header.lower():
+        return "llama.cpp"
+    if props_body is not None and parse_llamacpp_props(props_body) is not None:
+        return "llama.cpp"
+    metrics = metrics_body or b""
+    if b"llamacpp:" in metrics:
+        return "llama.cpp"
+    if b"vllm:" in metrics:
+        return "vllm"
+    return "openai"
+
+
+@dataclass(frozen=True)
+class BackendLoad:
+    """One poll's view of a backend's load, whatever kind of server said it."""
+
+    running: int
+    waiting: int
+    slots_total: int | None = None
+    slots_idle: int | None = None
+    kv_usage: float | None = None
+
+
+def llamacpp_load(
+    metrics: LlamaMetrics | None, slots: SlotsInfo | None, total_slots: int | None = None
+) -> BackendLoad | None:
+    """Fuse llama-server's ``/metrics``, ``/slots`` and ``/props`` into one load view.
+
+    Metrics give running and deferred; without them the busy slots are the running count.
+    """
+    if metrics is not None:
+        running, waiting = metrics.requests_processing, metrics.requests_deferred
+    elif slots is not None:
+        running, waiting = slots.busy, 0
+    else:
+        return None
+    return BackendLoad(
+        running=running,
+        waiting=waiting,
+        slots_total=slots.total if slots else total_slots,
+        slots_idle=slots.idle if slots else None,
+    )
+
+
+def vllm_load(metrics: VllmMetrics | None) -> BackendLoad | None:
+    if metrics is None:
+        return None
+    return BackendLoad(metrics.running, metrics.waiting, kv_usage=metrics.kv_usage)
+
+
+def fuse_load(
+    own_inflight: int, polled: BackendLoad | None, polled_age_s: float, max_age_s: float
+) -> int:
+    """The load to balance on: ``max(own in-flight, polled running + waiting)`` while the
+    poll is at most ``max_age_s`` old, else own in-flight alone.
+
+    Own counts see our requests the instant they start but not other clients (another
+    replica, someone calling the server directly); the poll sees everyone but a second
+    late. The larger of the two is right in both cases; a stale poll is ignored so that a
+    dead poller cannot pin a backend as loaded forever. ``polled`` must cover the same
+    scope as ``own_inflight`` (the same server x instance).
+    """
+    own = max(own_inflight, 0)
+    if polled is None or not polled_age_s <= max_age_s:  # NaN age counts as stale
+        return own
+    return max(own, max(polled.running, 0) + max(polled.waiting, 0))
+
+
+def free_capacity(
+    request_max: int | None, server_load: int, slots_total: int | None, slots_load: int
+) -> int | None:
+    """Room left before a target is full: the tighter of ``request-max`` (counted over the
+    whole server) and the slots (counted over the slots' instance); None when neither limit
+    is known. Never negative: 0 means full.
+    """
+    room = []
+    if request_max is not None:
+        room.append(request_max - server_load)
+    if slots_total is not None:
+        room.append(slots_total - slots_load)
+    return max(min(room), 0) if room else None
+
+
+# --- small readers ------------------------------------------------------------------------
+
+
+def _json(body: bytes | str) -> Any:
+    try:
+        return orjson.loads(body)
+    except (orjson.JSONDecodeError, TypeError):
+        return None
+
+
+def _int(value: Any) -> int | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return int(value) if math.isfinite(value) else None
+
+
+def _count(value: float | None) -> int | None:
+    """A gauge as a request count: rounded, never negative; None when absent or infinite."""
+    if value is None or not math.isfinite(value):
+        return None
+    return max(int(round(value)), 0)

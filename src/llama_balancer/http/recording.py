@@ -1,0 +1,51 @@
+"""Begin and finish an Exchange: the one place metrics, access log and stats are fed."""
+from __future__ import annotations
+
+import time
+
+from aiohttp import web
+
+from ..core.identity import client_ip
+from ..core.usage import usage_from_tail
+from ..state.exchange import Exchange
+from .context import REQUEST_ID, AppContext
+
+
+def begin_exchange(ctx: AppContext, request: web.Request) -> Exchange:
+    ip = client_ip(request.headers.get("X-Forwarded-For"), request.remote, ctx.trusted)
+    return Exchange(request_id=request[REQUEST_ID], endpoint=request.path, started=time.monotonic(), ip=ip, identity=ip)
+
+
+def finish_exchange(ctx: AppContext, ex: Exchange, error: BaseException | None) -> None:
+    """Called exactly once per exchange, however it ended."""
+    ex.ended = time.monotonic()
+    if error is not None:
+        ex.outcome = _outcome_of(error)
+        if ex.status is None:
+            ex.status = getattr(error, "status", None)
+    if ex.tail:
+        ex.usage = usage_from_tail(b"".join(ex.tail))
+        ex.tail.clear()
+    ctx.metrics.observe(ex)
+    ctx.access_log.write(ex, ctx.clock.wall())
+    if ex.model is not None and ex.server is not None:
+        ctx.stats.record(
+            ex.ip, ex.model, ex.user, ex.server, ex.instance or "", ex.reason or "",
+            status=ex.status, ttft_s=ex.ttft_s, duration_s=ex.duration_s,
+            completion_tokens=ex.usage.completion_tokens if ex.usage else None,
+            queue_wait_s=ex.queue_wait_s, request_id=ex.request_id,
+        )
+
+
+def _outcome_of(error: BaseException) -> str:
+    from asyncio import CancelledError
+
+    from ..core.errors import BalancerError, UpstreamError
+
+    if isinstance(error, (CancelledError, ConnectionError)):
+        return "client_closed"
+    if isinstance(error, UpstreamError):
+        return "upstream_error"
+    if isinstance(error, BalancerError):
+        return "rejected"
+    return "error"

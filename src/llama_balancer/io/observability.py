@@ -1,0 +1,135 @@
+"""Prometheus metrics and the structured access log; both fed once per finished exchange.
+
+The metrics live in a registry the app owns (not prometheus-client's global one), so several
+balancers in one process (tests) never share counters.
+"""
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import queue
+import sys
+from typing import Callable, Iterable
+
+import orjson
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from ..state.clock import iso_utc
+from ..state.exchange import Exchange
+from ..state.registry import Registry
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+
+class Metrics:
+    def __init__(self, registry: Registry, extra_gauges: Callable[[], Iterable[GaugeMetricFamily]] | None = None) -> None:
+        self.prom = CollectorRegistry(auto_describe=True)
+        labels = ["model", "server", "instance", "endpoint", "status"]
+        self.requests = Counter("llama_balancer_requests", "Requests by outcome.", labels, registry=self.prom)
+        self.duration = Histogram("llama_balancer_request_duration_seconds", "Request time, first byte in to last byte out.",
+                                  ["model", "server", "endpoint"], buckets=LATENCY_BUCKETS, registry=self.prom)
+        self.ttft = Histogram("llama_balancer_time_to_first_token_seconds", "Time to the first body byte relayed.",
+                              ["model", "server", "endpoint"], buckets=LATENCY_BUCKETS, registry=self.prom)
+        self.prompt_tokens = Counter("llama_balancer_prompt_tokens", "Prompt tokens reported by backends.",
+                                     ["model", "server"], registry=self.prom)
+        self.completion_tokens = Counter("llama_balancer_completion_tokens", "Completion tokens reported by backends.",
+                                         ["model", "server"], registry=self.prom)
+        self.retries = Counter("llama_balancer_retries", "Requests sent again to another backend before the first byte.",
+                               ["server", "kind"], registry=self.prom)
+        self.failovers = Counter("llama_balancer_failovers", "Requests that succeeded elsewhere after a failure.",
+                                 ["from_server", "to_server"], registry=self.prom)
+        self.prom.register(_StateCollector(registry, extra_gauges))
+
+    def observe(self, ex: Exchange) -> None:
+        server = ex.server or "(none)"
+        status = str(ex.status) if ex.status is not None else ex.outcome
+        self.requests.labels(ex.model_label, server, ex.instance or "", ex.endpoint, status).inc()
+        if ex.duration_s is not None:
+            self.duration.labels(ex.model_label, server, ex.endpoint).observe(ex.duration_s)
+        if ex.ttft_s is not None:
+            self.ttft.labels(ex.model_label, server, ex.endpoint).observe(ex.ttft_s)
+        if ex.usage is not None:
+            if ex.usage.prompt_tokens:
+                self.prompt_tokens.labels(ex.model_label, server).inc(ex.usage.prompt_tokens)
+            if ex.usage.completion_tokens:
+                self.completion_tokens.labels(ex.model_label, server).inc(ex.usage.completion_tokens)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.prom)
+
+
+class _StateCollector(Collector):
+    """Gauges read from live state at scrape time, so nothing is updated on the hot path."""
+
+    def __init__(self, registry: Registry, extra: Callable[[], Iterable[GaugeMetricFamily]] | None) -> None:
+        self._registry = registry
+        self._extra = extra
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        inflight = GaugeMetricFamily("llama_balancer_inflight_requests", "Requests in flight per server.", labels=["server"])
+        health = GaugeMetricFamily("llama_balancer_backend_health", "1 for the backend's current health state.",
+                                   labels=["server", "state"])
+        for name in self._registry.names():
+            state = self._registry.state(name)
+            inflight.add_metric([name], state.total)
+            for status in ("idle", "busy", "invalid"):
+                health.add_metric([name, status], 1.0 if state.status == status else 0.0)
+        yield inflight
+        yield health
+        if self._extra is not None:
+            yield from self._extra()
+
+
+class AccessLog:
+    """One JSON line per request, to stdout or a rotating file, written off the event loop."""
+
+    def __init__(self, target: str, max_bytes: int, backups: int) -> None:
+        self.enabled = target != "off"
+        self._listener: logging.handlers.QueueListener | None = None
+        self._logger = logging.Logger("llama_balancer.access")  # standalone, not in the global tree
+        if not self.enabled:
+            return
+        if target == "stdout":
+            handler: logging.Handler = logging.StreamHandler(sys.stdout)
+        else:
+            handler = logging.handlers.RotatingFileHandler(target, maxBytes=max_bytes, backupCount=backups)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        lines: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+        self._logger.addHandler(logging.handlers.QueueHandler(lines))
+        self._listener = logging.handlers.QueueListener(lines, handler)
+        self._listener.start()
+
+    def write(self, ex: Exchange, wall: float) -> None:
+        if self.enabled:
+            self._logger.info(orjson.dumps(access_entry(ex, wall)).decode())
+
+    def close(self) -> None:
+        if self._listener is not None:
+            self._listener.stop()
+            self._listener = None
+
+
+def access_entry(ex: Exchange, wall: float) -> dict:
+    usage = ex.usage
+    return {
+        "ts": iso_utc(wall),
+        "request_id": ex.request_id,
+        "client": ex.identity or ex.ip,
+        "ip": ex.ip,
+        "user": ex.user,
+        "endpoint": ex.endpoint,
+        "model": ex.model,
+        "server": ex.server,
+        "instance": ex.instance,
+        "reason": ex.reason,
+        "status": ex.status,
+        "outcome": ex.outcome,
+        "retries": ex.retries,
+        "queue_wait_ms": round(ex.queue_wait_s * 1000, 1),
+        "ttft_ms": None if ex.ttft_s is None else round(ex.ttft_s * 1000, 1),
+        "duration_ms": None if ex.duration_s is None else round(ex.duration_s * 1000, 1),
+        "prompt_tokens": usage.prompt_tokens if usage else None,
+        "completion_tokens": usage.completion_tokens if usage else None,
+    }
