@@ -15,7 +15,7 @@ from .upstream_headers import headers_for
 async def handle_proxy(request: web.Request) -> web.StreamResponse:
     ctx = context_of(request)
     config = ctx.config
-    ex = begin_exchange(ctx, request)
+    ex = begin_exchange(ctx, request, "(proxy)")
     ex.server, ex.reason = config.fallback, "fallback"
     error: BaseException | None = None
     try:

@@ -11,9 +11,10 @@ from ..state.exchange import Exchange
 from .context import REQUEST_ID, AppContext
 
 
-def begin_exchange(ctx: AppContext, request: web.Request) -> Exchange:
+def begin_exchange(ctx: AppContext, request: web.Request, endpoint_label: str) -> Exchange:
     ip = client_ip(request.headers.get("X-Forwarded-For"), request.remote, ctx.trusted)
-    return Exchange(request_id=request[REQUEST_ID], endpoint=request.path, started=time.monotonic(), ip=ip, identity=ip)
+    return Exchange(request_id=request[REQUEST_ID], endpoint=request.path, endpoint_label=endpoint_label,
+                    started=time.monotonic(), ip=ip, identity=ip)
 
 
 def finish_exchange(ctx: AppContext, ex: Exchange, error: BaseException | None) -> None:

@@ -39,7 +39,7 @@ class Placement:
 
 async def handle_routed(request: web.Request) -> web.StreamResponse:
     ctx = context_of(request)
-    ex = begin_exchange(ctx, request)
+    ex = begin_exchange(ctx, request, request.path)
     error: BaseException | None = None
     try:
         raw = await read_limited(request, ctx.config.balancer.max_body_bytes)

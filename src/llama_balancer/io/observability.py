@@ -45,11 +45,12 @@ class Metrics:
     def observe(self, ex: Exchange) -> None:
         server = ex.server or "(none)"
         status = str(ex.status) if ex.status is not None else ex.outcome
-        self.requests.labels(ex.model_label, server, ex.instance or "", ex.endpoint, status).inc()
+        instance = ex.instance or "" if ex.model_label != "(other)" else "(other)"
+        self.requests.labels(ex.model_label, server, instance, ex.endpoint_label, status).inc()
         if ex.duration_s is not None:
-            self.duration.labels(ex.model_label, server, ex.endpoint).observe(ex.duration_s)
+            self.duration.labels(ex.model_label, server, ex.endpoint_label).observe(ex.duration_s)
         if ex.ttft_s is not None:
-            self.ttft.labels(ex.model_label, server, ex.endpoint).observe(ex.ttft_s)
+            self.ttft.labels(ex.model_label, server, ex.endpoint_label).observe(ex.ttft_s)
         if ex.usage is not None:
             if ex.usage.prompt_tokens:
                 self.prompt_tokens.labels(ex.model_label, server).inc(ex.usage.prompt_tokens)

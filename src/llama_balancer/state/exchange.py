@@ -11,6 +11,7 @@ from ..core.usage import Usage
 class Exchange:
     request_id: str
     endpoint: str
+    endpoint_label: str  # the route's path, or "(proxy)": bounded for metrics
     started: float  # monotonic
     ip: str
     identity: str = ""
