@@ -20,7 +20,7 @@ BackendKind = Literal["agent", "llama.cpp", "vllm", "openai", "auto"]
 
 # name, optional {labels}, value, optional timestamp (ignored).
 _LINE = re.compile(
-    r'^([A-Za-z_:][A-Za-z0-9_:]*)\s*(?:\{((?:[^"}]|"(?:[^"\\]|\\.)*")*)\})?\s*(\S+)(?:\s+\S+)?\s*$'
+    r'^([A-Za-z_:][A-Za-z0-9_:]*)(?:\s*\{((?:[^"}]|"(?:[^"\\]|\\.)*")*)\}\s*|\s+)(\S+)(?:\s+\S+)?\s*$'
 )
 _LABEL = re.compile(r'\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*"((?:[^"\\]|\\.)*)"\s*,?')
 _UNESCAPE = {"n": "\n", "\\": "\\", '"': '"'}
