@@ -23,6 +23,8 @@ from .io.observability import AccessLog, Metrics
 from .io.pollers import Pollers
 from .io.upstream import UpstreamClient
 from .state.access_stats import AccessStats
+from .state.affinity import AffinityStore
+from .state.queue import WaitQueue
 from .state.clock import Clock, SystemClock, iso_utc
 from .state.registry import Registry
 from .state.sticky import StickyStore
@@ -68,8 +70,11 @@ class Runtime:
             access_log=AccessLog(options.access_log, options.access_log_max_bytes, options.access_log_backups),
             auth=auth_policy(config, self._environ),
             trusted=TrustedProxies(options.trusted_proxies),
+            affinity=AffinityStore(options.routing.affinity_entries),
+            queue=WaitQueue(options.routing.queue_max, clock.monotonic),
             info={"path": config_path, "loaded_at": iso_utc(clock.wall()), "error": None},
         )
+        registry.on_release = self.context.queue.wake_all
         self.config_path = config_path
         self._watcher: ConfigWatcher | None = None
         if config_path is not None:
@@ -129,6 +134,8 @@ class Runtime:
         ctx.stats.window_s = options.access_log_window_s
         ctx.auth = auth_policy(config, self._environ)
         ctx.trusted = TrustedProxies(options.trusted_proxies)
+        ctx.queue.max_size = options.routing.queue_max
+        ctx.affinity.entries = options.routing.affinity_entries
         ctx.config = config  # requests already placed keep the server they were given
         ctx.pollers.apply(config)
         ctx.info.update(loaded_at=iso_utc(ctx.clock.wall()), error=None, error_at=None)

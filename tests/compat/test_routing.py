@@ -10,6 +10,16 @@ from tests.conftest import assert_nothing_in_flight, server_entry, snapshot, wai
 MODEL = "llama-3.1-8b"
 
 
+@pytest.fixture
+def balancer(balancer):
+    """SPEC Part A's routing is the "classic" policy (the default is cache-aware)."""
+    async def start(data: dict, **kwargs):
+        options = data.setdefault("balancer", {})
+        options.setdefault("routing", {"policy": "classic"})
+        return await balancer(data, **kwargs)
+    return start
+
+
 def chat(model: str = MODEL, *, user: str | None = None, max_tokens: int = 4, stream: bool = False) -> dict:
     messages = [{"role": "user", "content": "hello there"}]
     if user:

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import re
 from ipaddress import ip_network
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from .errors import ConfigError
+from .placement import PlacementKnobs
 from .rewrite import RewriteRule
 
 _PATH_WORD = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -28,6 +29,9 @@ class ServerConfig(BaseModel):
     health_port: int = Field(alias="health-port", ge=1, le=65535)
     model_port: int = Field(alias="model-port", ge=1, le=65535)
     request_max: int | None = Field(default=None, alias="request-max", gt=0)
+    # How its load is read: the /llmhealth agent (the old tool's protocol), llama-server's
+    # /health /slots /metrics, vLLM's /metrics, plain OpenAI liveness, or detected.
+    kind: Literal["agent", "llama.cpp", "vllm", "openai", "auto"] = "agent"
     # Sent upstream as "Authorization: Bearer ..."; never shown in snapshots or logs.
     api_key: str | None = Field(default=None, min_length=1, repr=False)
 
@@ -48,6 +52,32 @@ class ServerConfig(BaseModel):
     @property
     def health_base(self) -> str:
         return f"{self.addr}:{self.health_port}"
+
+
+class RoutingOptions(BaseModel):
+    """Which policy places requests, and its knobs (see core/placement.py for their meaning)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    policy: Literal["cache-aware", "classic", "round-robin", "least-loaded"] = "cache-aware"
+    balance_abs_threshold: int = Field(2, ge=0)
+    balance_rel_threshold: float = Field(1.5, ge=1.0)
+    min_match_chars: int = Field(64, ge=0)
+    min_match_ratio: float = Field(0.1, ge=0, le=1)
+    sticky_margin_chars: int = Field(256, ge=0)
+    pin_slots: bool = True
+    affinity_entries: int = Field(4096, ge=16)  # remembered prefixes per server x instance
+    poll_max_age_s: float = Field(3.0, gt=0)  # polled load older than this is ignored
+    queue_max: int = Field(256, ge=0)
+    queue_timeout_s: float = Field(60.0, gt=0)
+    max_retries: int = Field(2, ge=0)
+    retry_statuses: list[int] = Field(default_factory=lambda: [502, 503, 504])
+    circuit_failures: int = Field(3, ge=1)  # consecutive failures that open the circuit
+    circuit_open_s: float = Field(10.0, gt=0)
+
+    def knobs(self) -> PlacementKnobs:
+        return PlacementKnobs(self.balance_abs_threshold, self.balance_rel_threshold, self.min_match_chars,
+                              self.min_match_ratio, self.sticky_margin_chars, self.pin_slots)
 
 
 class BalancerOptions(BaseModel):
@@ -77,6 +107,7 @@ class BalancerOptions(BaseModel):
     max_headers: int = Field(128, ge=8)
     drain_grace_s: float = Field(30.0, ge=0)
     config_poll_interval_s: float = Field(2.0, gt=0)
+    routing: RoutingOptions = Field(default_factory=RoutingOptions)
 
     @field_validator("trusted_proxies")
     @classmethod

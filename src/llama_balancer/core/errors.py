@@ -62,3 +62,19 @@ class ConfigError(Exception):
 
     def __str__(self) -> str:
         return "\n".join(self.problems)
+
+
+class NoBackend(BalancerError):
+    """No healthy backend serves the model right now."""
+
+    status, type, code = 503, "server_error", "no_backend"
+
+
+class QueueTimeout(BalancerError):
+    """Every backend stayed full until the request's queue deadline."""
+
+    status, type, code = 503, "server_error", "queue_timeout"
+
+
+class QueueFullError(BalancerError):
+    status, type, code = 429, "rate_limit_error", "queue_full"

@@ -41,7 +41,8 @@ from dataclasses import dataclass, field
 from typing import Literal, Mapping, Sequence, Union
 
 TargetStatus = Literal["idle", "busy", "invalid", "suspect"]
-Reason = Literal["sticky", "prefix", "least-loaded", "fallback"]
+# The last four are the classic (SPEC Part A) policy's and the baselines' reasons.
+Reason = Literal["sticky", "prefix", "least-loaded", "fallback", "round-robin", "free-instance", "idle", "last-resort"]
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,8 @@ from ..io.observability import AccessLog, Metrics
 from ..io.pollers import Pollers
 from ..io.upstream import UpstreamClient
 from ..state.access_stats import AccessStats
+from ..state.affinity import AffinityStore
+from ..state.queue import WaitQueue
 from ..state.clock import Clock
 from ..state.registry import Registry
 from ..state.sticky import StickyStore
@@ -33,6 +35,9 @@ class AppContext:
     access_log: AccessLog
     auth: AuthPolicy
     trusted: TrustedProxies
+    affinity: AffinityStore
+    queue: WaitQueue
+    turns: int = 0  # round-robin position (baseline policy)
     info: dict[str, Any] = field(default_factory=dict)  # config path, loaded_at, last error
     # Set by the runtime: re-read the config file; answers {"ok": bool, ...}.
     reload: Callable[[], Awaitable[dict[str, Any]]] | None = None

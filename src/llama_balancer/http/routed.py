@@ -1,24 +1,27 @@
-"""Model-bearing endpoints: parse once, resolve a route, count the slot, relay the answer.
+"""Model-bearing endpoints: parse once, resolve, place (or queue), send, relay.
 
-The original bytes are forwarded unless a rewrite rule or an instance choice changed the
-body, so most requests are never re-serialised.
+The original bytes are forwarded unless a rewrite rule, an instance choice or a slot pin
+changed the body. A failure before the first byte reached the client (connect refused,
+reset, timeout, or a 502/503/504 answer) is retried on the next eligible backend.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
 from aiohttp import web
 
 from ..core.config import ServerConfig
+from ..core.errors import UpstreamError
 from ..core.identity import user_from_messages
+from ..core.placement import Place
+from ..core.prefix import Fingerprint, fingerprint
 from ..core.rewrite import apply_rewrites
-from ..core.routing import Route, choose_route
 from ..io.forward import relay_response
 from ..state.exchange import Exchange
-from .context import RESPONSE_STARTED, AppContext, context_of
 from .body import model_of, parse_payload, read_limited
+from .context import RESPONSE_STARTED, AppContext, context_of
+from .decide import Resolved, obtain
 from .recording import begin_exchange, finish_exchange
 from .upstream_headers import headers_for
 
@@ -28,13 +31,16 @@ MODEL_REQUIRED = (
     "/v1/messages", "/v1/rerank", "/v1/reranking", "/rerank", "/reranking",
 )
 MODEL_OPTIONAL = ("/completion", "/completions", "/infill", "/embedding", "/embeddings")
+# Endpoints that take llama-server's id_slot (pinning a slot whose cache holds the prompt).
+SLOT_PINNABLE = frozenset({"/v1/chat/completions", "/v1/completions", "/completion", "/completions", "/infill"})
 
 
-@dataclass(frozen=True)
-class Placement:
-    route: Route
-    server: ServerConfig  # captured at decision time: a reload cannot pull it away mid-request
-    body: bytes
+class RetryElsewhere(Exception):
+    """A failure before any byte reached the client: another backend may take the request."""
+
+    def __init__(self, server: str, kind: str, error: UpstreamError | None) -> None:
+        super().__init__(kind)
+        self.server, self.kind, self.error = server, kind, error
 
 
 async def handle_routed(request: web.Request) -> web.StreamResponse:
@@ -45,8 +51,11 @@ async def handle_routed(request: web.Request) -> web.StreamResponse:
         raw = await read_limited(request, ctx.config.balancer.max_body_bytes)
         payload = parse_payload(raw)
         ex.model = model_of(payload, required=request.path in MODEL_REQUIRED)
-        placement = place(ctx, ex, payload, raw)
-        return await send(ctx, request, ex, placement)
+        ex.user = user_from_messages(payload.get("messages"))
+        ex.identity = ex.user or ex.ip
+        if ex.model is None:
+            return await _send_to_fallback(ctx, request, ex, raw)
+        return await _route_and_send(ctx, request, ex, resolve(ctx, ex.model, payload), raw)
     except BaseException as exc:
         error = exc
         raise
@@ -54,51 +63,106 @@ async def handle_routed(request: web.Request) -> web.StreamResponse:
         finish_exchange(ctx, ex, error)
 
 
-def place(ctx: AppContext, ex: Exchange, payload: dict[str, Any], raw: bytes) -> Placement:
-    """Decide server and instance; bind the sticky identity."""
-    config = ctx.config
-    ex.user = user_from_messages(payload.get("messages"))
-    ex.identity = ex.user or ex.ip
-    requested = ex.model
-    if requested is None:
-        route = Route(config.fallback, "", "fallback")
-        return _placed(ctx, ex, route, raw)
+def resolve(ctx: AppContext, requested: str, payload: dict[str, Any]) -> Resolved:
     upstream_model, body = requested, payload
-    rewritten = apply_rewrites(config.rewrites, requested, payload)
+    rewritten = apply_rewrites(ctx.config.rewrites, requested, payload)
     if rewritten is not None:
         upstream_model, body = rewritten
-    candidates = config.candidates_for(requested)
-    views = {name: ctx.registry.view(name) for name in candidates or ()}
-    route = choose_route(
-        upstream_model, candidates, config.fallback, views,
-        ctx.sticky.get(ex.identity, requested), ctx.clock.monotonic(), config.balancer.sticky_ttl_s,
-    )
-    if route.instance != upstream_model:
-        body = {**body, "model": route.instance}
-    if body is not payload:
-        raw = orjson.dumps(body)
-    if route.reason != "fallback":
-        ctx.sticky.bind(ex.identity, ex.ip, requested, route.server, route.instance)
-    served = ctx.registry.state(route.server).served or ()
-    ex.model_label = upstream_model if upstream_model in served else "(other)"
-    return _placed(ctx, ex, route, raw)
+    return Resolved(requested, upstream_model, body, rewritten is not None,
+                    ctx.config.candidates_for(requested), fingerprint(body))
 
 
-def _placed(ctx: AppContext, ex: Exchange, route: Route, raw: bytes) -> Placement:
-    ex.server, ex.instance, ex.reason = route.server, route.instance, route.reason
-    return Placement(route, ctx.config.servers[route.server], raw)
+async def _send_to_fallback(ctx: AppContext, request: web.Request, ex: Exchange, raw: bytes) -> web.StreamResponse:
+    name = ctx.config.fallback
+    ex.server, ex.instance, ex.reason = name, ex.model or "", "fallback"
+    if ex.model is not None:
+        ex.model_label = _label(ctx, name, ex.model)
+    return await _send(ctx, request, ex, ctx.config.servers[name], raw, pinned=None, last_try=True)
 
 
-async def send(ctx: AppContext, request: web.Request, ex: Exchange, placement: Placement) -> web.StreamResponse:
-    route = placement.route
-    url = placement.server.model_base + request.path_qs
-    headers = headers_for(ctx, request, placement.server, ex.request_id, body_replaced=True)
-    async with ctx.registry.slot(route.server, route.instance or "(none)"):
+async def _route_and_send(ctx: AppContext, request: web.Request, ex: Exchange, resolved: Resolved,
+                          raw: bytes) -> web.StreamResponse:
+    if resolved.candidates is None:
+        return await _send_to_fallback(ctx, request, ex, orjson.dumps(resolved.body) if resolved.rewritten else raw)
+    routing = ctx.config.balancer.routing
+    excluded: set[str] = set()
+    first_failure: str | None = None
+    while True:
+        placed = await obtain(ctx, ex, resolved, excluded)
+        server = ctx.config.servers[placed.server]
+        pinned = _pin(ctx, request, placed)
+        body = _body_for(resolved, raw, placed, pinned)
+        ex.server, ex.instance, ex.reason = placed.server, placed.instance, placed.reason
+        ex.model_label = _label(ctx, placed.server, resolved.upstream_model)
+        last_try = ex.retries >= routing.max_retries or len(excluded) + 1 >= len(resolved.candidates)
         try:
-            async with ctx.client.open(request.method, url, headers=headers, data=placement.body,
-                                       server=route.server) as upstream:
+            response = await _send(ctx, request, ex, server, body, pinned, last_try, resolved.fingerprint, resolved)
+        except RetryElsewhere as failure:
+            _note_failure(ctx, ex, failure)
+            first_failure = first_failure or failure.server
+            excluded.add(failure.server)
+            if failure.error is not None and last_try:
+                raise failure.error from None
+            continue
+        if first_failure is not None:
+            ctx.metrics.failovers.labels(first_failure, placed.server).inc()
+        return response
+
+
+def _note_failure(ctx: AppContext, ex: Exchange, failure: RetryElsewhere) -> None:
+    routing = ctx.config.balancer.routing
+    ctx.registry.record_failure(failure.server, routing.circuit_failures, routing.circuit_open_s)
+    ctx.metrics.retries.labels(failure.server, failure.kind).inc()
+    ex.retries += 1
+
+
+def _pin(ctx: AppContext, request: web.Request, placed: Place) -> int | None:
+    if placed.id_slot is None or request.path not in SLOT_PINNABLE:
+        return None
+    return placed.id_slot if ctx.registry.state(placed.server).kind == "llama.cpp" else None
+
+
+def _body_for(resolved: Resolved, raw: bytes, placed: Place, pinned: int | None) -> bytes:
+    """The original bytes when nothing changed; otherwise the body re-encoded once."""
+    body = resolved.body
+    if placed.instance != resolved.upstream_model:
+        body = {**body, "model": placed.instance}
+    if pinned is not None:
+        body = {**body, "id_slot": pinned}
+    if body is resolved.body and not resolved.rewritten:
+        return raw
+    return orjson.dumps(body)
+
+
+def _label(ctx: AppContext, server: str, upstream_model: str) -> str:
+    """The model as a metric label: only names the backend serves, so labels stay bounded."""
+    served = ctx.registry.state(server).served or ()
+    return upstream_model if upstream_model in served else "(other)"
+
+
+async def _send(ctx: AppContext, request: web.Request, ex: Exchange, server: ServerConfig, body: bytes,
+                pinned: int | None, last_try: bool, fp: Fingerprint | None = None,
+                resolved: Resolved | None = None) -> web.StreamResponse:
+    name, instance = ex.server or "", ex.instance or ""
+    url = server.model_base + request.path_qs
+    headers = headers_for(ctx, request, server, ex.request_id, body_replaced=True)
+    retry_statuses = ctx.config.balancer.routing.retry_statuses
+    async with ctx.registry.slot(name, instance or "(none)", pinned):
+        if fp is not None:
+            ctx.affinity.record(name, instance, pinned, fp)
+        try:
+            async with ctx.client.open(request.method, url, headers=headers, data=body, server=name) as upstream:
+                if not last_try and upstream.status in retry_statuses:
+                    raise RetryElsewhere(name, f"http_{upstream.status}", None)
+                ctx.registry.record_success(name)
+                if resolved is not None:
+                    ctx.sticky.bind(ex.identity, ex.ip, resolved.requested, name, instance)
                 request[RESPONSE_STARTED] = True
-                return await relay_response(request, upstream, route.server, ex)
+                return await relay_response(request, upstream, name, ex)
+        except UpstreamError as exc:
+            if request.get(RESPONSE_STARTED) or last_try:
+                raise
+            raise RetryElsewhere(name, exc.kind, exc) from None
         finally:
-            if ex.model is not None and route.reason != "fallback":
-                ctx.sticky.refresh(ex.identity, ex.model, route.server, route.instance)
+            if resolved is not None and ex.reason != "fallback":
+                ctx.sticky.refresh(ex.identity, resolved.requested, name, instance)

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from ..core.config import Config, ServerConfig
 from ..core.health import HealthSample, Status, judge
 from ..core.routing import ServerView
+from ..core.signals import BackendLoad, SlotsInfo
 from .clock import Clock, iso_utc
 
 
@@ -25,26 +26,49 @@ class BackendState:
     served_at: float | None = None
     inflight: dict[str, int] = field(default_factory=dict)
     total: int = 0
+    kind: str = "agent"  # the server's kind; "auto" resolved by the first signal poll
+    load: BackendLoad | None = None  # polled load (llama.cpp / vLLM); lags our own counts
+    load_at: float | None = None
+    slots: SlotsInfo | None = None
+    pinned: dict[int, int] = field(default_factory=dict)  # slot id -> our requests pinned there
+    failures: int = 0  # consecutive request failures (passive health)
+    suspect: bool = False  # a request failed since the last good poll
+    open_until: float | None = None  # circuit open: no requests before this (monotonic)
 
     @property
     def status(self) -> Status:
         return judge(self.samples)
 
+    def health(self, now: float) -> str:
+        """idle / busy / invalid from polls, overridden by passive health: open circuit ->
+        invalid, a recent failure -> suspect."""
+        if self.open_until is not None and now < self.open_until:
+            return "invalid"
+        status = self.status
+        if status != "invalid" and self.suspect:
+            return "suspect"
+        return status
+
 
 class InflightSlot:
     """Counts one request on server x instance while the ``async with`` body runs."""
 
-    __slots__ = ("_state", "_instance", "_held")
+    __slots__ = ("_state", "_instance", "_held", "_pinned", "_on_release")
 
-    def __init__(self, state: BackendState, instance: str) -> None:
+    def __init__(self, state: BackendState, instance: str, pinned: int | None = None,
+                 on_release: Callable[[], None] | None = None) -> None:
         self._state = state
         self._instance = instance
         self._held = False
+        self._pinned = pinned
+        self._on_release = on_release
 
     async def __aenter__(self) -> "InflightSlot":
         state = self._state
         state.inflight[self._instance] = state.inflight.get(self._instance, 0) + 1
         state.total += 1
+        if self._pinned is not None:
+            state.pinned[self._pinned] = state.pinned.get(self._pinned, 0) + 1
         self._held = True
         return self
 
@@ -63,6 +87,14 @@ class InflightSlot:
         else:
             state.inflight.pop(self._instance, None)
         state.total -= 1
+        if self._pinned is not None:
+            left = state.pinned.get(self._pinned, 1) - 1
+            if left > 0:
+                state.pinned[self._pinned] = left
+            else:
+                state.pinned.pop(self._pinned, None)
+        if self._on_release is not None:
+            self._on_release()  # capacity freed: queued requests look again
 
 
 class Registry:
@@ -71,6 +103,7 @@ class Registry:
     def __init__(self, config: Config, clock: Clock) -> None:
         self._clock = clock
         self._states: dict[str, BackendState] = {}
+        self.on_release: Callable[[], None] | None = None
         self.reconfigure(config)
 
     def reconfigure(self, config: Config) -> None:
@@ -79,15 +112,17 @@ class Registry:
         for name, server in config.servers.items():
             state = self._states.get(name)
             if state is None:
-                states[name] = BackendState(name, server, deque(maxlen=window))
+                states[name] = BackendState(name, server, deque(maxlen=window), kind=server.kind)
                 continue
             # Same object, so slots held by requests in flight still count down on it.
             # Only a new address voids what was learnt; a request-max change keeps it.
             if state.server.health_base != server.health_base:
                 state.samples.clear()
                 state.last = None
-            if state.server.model_base != server.model_base:
+            if state.server.model_base != server.model_base or state.server.kind != server.kind:
                 state.served, state.served_at = None, None
+                state.load, state.load_at, state.slots = None, None, None
+                state.kind = server.kind
             state.server = server
             if state.samples.maxlen != window:
                 state.samples = deque(state.samples, maxlen=window)
@@ -100,14 +135,38 @@ class Registry:
     def state(self, name: str) -> BackendState:
         return self._states[name]
 
-    def slot(self, name: str, instance: str) -> InflightSlot:
-        return InflightSlot(self._states[name], instance)
+    def slot(self, name: str, instance: str, pinned: int | None = None) -> InflightSlot:
+        return InflightSlot(self._states[name], instance, pinned, self.on_release)
+
+    def record_signals(self, name: str, load: BackendLoad | None, slots: SlotsInfo | None, kind: str) -> None:
+        state = self._states.get(name)
+        if state is not None:
+            state.load, state.slots, state.kind = load, slots, kind
+            state.load_at = self._clock.monotonic()
+
+    def record_failure(self, name: str, circuit_failures: int, circuit_open_s: float) -> None:
+        """A request failed before its first byte: suspect now, circuit open after a run of them."""
+        state = self._states.get(name)
+        if state is None:
+            return
+        state.suspect = True
+        state.failures += 1
+        if state.failures >= circuit_failures:
+            state.open_until = self._clock.monotonic() + circuit_open_s
+            state.failures = 0
+
+    def record_success(self, name: str) -> None:
+        state = self._states.get(name)
+        if state is not None:
+            state.failures = 0
 
     def record_health(self, name: str, sample: HealthSample, url: str) -> None:
         state = self._states.get(name)
         if state is None:  # removed by a reload while the poll was running
             return
         state.samples.append(sample)
+        if sample.status != "invalid":
+            state.suspect = False  # a good poll clears passive suspicion
         state.last = {
             "status": sample.status,
             "gpu_util_max5s": sample.gpu_util,
@@ -124,10 +183,12 @@ class Registry:
             state.served_at = self._clock.monotonic()
 
     def view(self, name: str) -> ServerView:
+        """The classic policy's view; passive health (suspect, open circuit) reads as invalid."""
         state = self._states[name]
+        health = state.health(self._clock.monotonic())
         return ServerView(
             name=name,
-            status=state.status,
+            status="invalid" if health == "suspect" else health,  # type: ignore[arg-type]
             total_inflight=state.total,
             request_max=state.server.request_max,
             served=state.served,
@@ -139,6 +200,7 @@ class Registry:
 
     def snapshot(self) -> dict[str, Any]:
         """The ``backends`` part of /llmhealth-snapshot (the old tool's keys, plus a few)."""
+        now = self._clock.monotonic()
         return {
             name: {
                 "base": state.server.model_base,
@@ -148,6 +210,23 @@ class Registry:
                 "model_inflight": dict(state.inflight),
                 "request_max": state.server.request_max,
                 "models": list(state.served) if state.served is not None else None,
+                **self._extras(state, now),
             }
             for name, state in self._states.items()
+        }
+
+    @staticmethod
+    def _extras(state: BackendState, now: float) -> dict[str, Any]:
+        """Our additions to a backend's snapshot entry: kind, passive health, polled load."""
+        load = state.load
+        return {
+            "kind": state.kind,
+            "health": state.health(now),
+            "suspect": state.suspect,
+            "circuit_open": state.open_until is not None and now < state.open_until,
+            "slots_total": state.slots.total if state.slots else (load.slots_total if load else None),
+            "slots_busy": state.slots.busy if state.slots else None,
+            "polled_running": load.running if load else None,
+            "polled_waiting": load.waiting if load else None,
+            "kv_usage": load.kv_usage if load else None,
         }

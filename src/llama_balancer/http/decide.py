@@ -1,0 +1,104 @@
+"""Where a routed request goes: the configured policy over live state, waiting in the
+bounded queue while every eligible backend is full."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from ..core.baselines import least_loaded, round_robin
+from ..core.config import Config
+from ..core.errors import NoBackend, QueueFullError, QueueTimeout
+from ..core.placement import Decision, Place, Queue, Reject, place
+from ..core.prefix import Fingerprint
+from ..core.routing import Route, choose_route
+from ..state.exchange import Exchange
+from ..state.queue import QueueFull, Ticket
+from ..state.targets import build_targets
+from .context import AppContext
+
+RECHECK_S = 0.25  # a queued request re-checks at least this often (polled capacity may free)
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """The request as the policy sees it: routing candidates and the upstream model name."""
+
+    requested: str
+    upstream_model: str
+    body: dict[str, Any]
+    rewritten: bool
+    candidates: list[str] | None
+    fingerprint: Fingerprint
+
+
+async def obtain(ctx: AppContext, ex: Exchange, resolved: Resolved, excluded: set[str]) -> Place:
+    """A placement now, or after waiting in the queue; raises NoBackend/QueueFull/QueueTimeout."""
+    config = ctx.config
+    routing = config.balancer.routing
+    deadline = ex.started + routing.queue_timeout_s
+    ticket: Ticket | None = None
+    try:
+        while True:
+            decision = decide(ctx, ex, resolved, excluded)
+            if isinstance(decision, Place):
+                return decision
+            if not isinstance(decision, Queue):
+                raise NoBackend(f"{decision.message}: {resolved.requested!r}")
+            if ticket is None:
+                ticket = _enqueue(ctx, ex, resolved.requested, routing.queue_max)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise QueueTimeout(f"every backend for {resolved.requested!r} stayed full for "
+                                   f"{routing.queue_timeout_s:g} s", headers={"Retry-After": "5"})
+            await ticket.wait_turn(min(remaining, RECHECK_S))
+    finally:
+        if ticket is not None:
+            ex.queue_wait_s = time.monotonic() - ticket.enqueued
+            await ticket.__aexit__(None, None, None)
+
+
+def _enqueue(ctx: AppContext, ex: Exchange, model: str, queue_max: int) -> Ticket:
+    try:
+        return ctx.queue.ticket(ex.identity, model)
+    except QueueFull:
+        raise QueueFullError(f"too many requests waiting ({queue_max}); try again shortly",
+                             headers={"Retry-After": "1"}) from None
+
+
+def decide(ctx: AppContext, ex: Exchange, resolved: Resolved, excluded: set[str]) -> Decision:
+    config: Config = ctx.config
+    routing = config.balancer.routing
+    candidates = [name for name in resolved.candidates or () if name not in excluded]
+    if routing.policy == "classic":
+        return _classic(ctx, ex, resolved, candidates)
+    now = ctx.clock.monotonic()
+    targets = build_targets(ctx.registry, ctx.affinity, candidates, resolved.upstream_model,
+                            resolved.fingerprint, now, routing)
+    if routing.policy == "round-robin":
+        ctx.turns += 1
+        decision = round_robin(targets, ctx.turns)
+    elif routing.policy == "least-loaded":
+        decision = least_loaded(targets)
+    else:
+        binding = ctx.sticky.get(ex.identity, resolved.requested)
+        sticky = (binding.server, binding.instance) if binding is not None else None
+        decision = place(targets, sticky, resolved.fingerprint.chars, routing.knobs())
+    if isinstance(decision, Reject) and targets:
+        # Every target looks unhealthy. Polls can be wrong (an agent down beside a working
+        # model server), so like SPEC Part A the first listed one is tried as a last resort.
+        first = targets[0]
+        return Place(first.server, first.instance, "last-resort")
+    return decision
+
+
+def _classic(ctx: AppContext, ex: Exchange, resolved: Resolved, candidates: list[str]) -> Decision:
+    """SPEC Part A's policy: never queues; the first listed server is the last resort."""
+    if not candidates:
+        raise NoBackend(f"no backend left for {resolved.requested!r}")
+    now = ctx.clock.monotonic()
+    views = {name: ctx.registry.view(name) for name in candidates}
+    binding = ctx.sticky.get(ex.identity, resolved.requested)
+    route: Route = choose_route(resolved.upstream_model, candidates, ctx.config.fallback, views, binding,
+                                now, ctx.config.balancer.sticky_ttl_s)
+    return Place(route.server, route.instance, route.reason)  # type: ignore[arg-type]

@@ -1,0 +1,68 @@
+"""Turn live state into the policy's plain-data view: one Target per server x instance.
+
+Own in-flight counts are fused with polled signals (which see other clients, but late);
+slots the balancer itself pinned and that are still running count as busy even if the
+last poll said idle.
+"""
+from __future__ import annotations
+
+from typing import Iterable
+
+from ..core.config import RoutingOptions
+from ..core.models import instances_of
+from ..core.placement import Target
+from ..core.prefix import Fingerprint
+from ..core.signals import BackendLoad, free_capacity, fuse_load
+from .affinity import AffinityStore
+from .registry import BackendState, Registry
+
+
+def build_targets(
+    registry: Registry,
+    affinity: AffinityStore,
+    candidates: Iterable[str],
+    model: str,
+    fp: Fingerprint,
+    now: float,
+    routing: RoutingOptions,
+) -> list[Target]:
+    states = [registry.state(name) for name in candidates]
+    served = {s.name: [model] if s.served is None else instances_of(model, s.served) for s in states}
+    if not any(served.values()):
+        # No listed server names the model (a plain llama-server answers whatever is asked,
+        # llama-swap may load it on demand): the pattern's servers take it as asked.
+        served = {s.name: [model] for s in states}
+    targets: list[Target] = []
+    for order, state in enumerate(states):
+        instances = served[state.name]
+        for instance in instances:
+            targets.append(_target(state, instance, order, affinity, fp, now, routing, len(instances)))
+    return targets
+
+
+def _target(state: BackendState, instance: str, order: int, affinity: AffinityStore, fp: Fingerprint,
+            now: float, routing: RoutingOptions, copies: int) -> Target:
+    fresh = state.load_at is not None and now - state.load_at <= routing.poll_max_age_s
+    slots = state.slots.for_model(instance) if (state.slots is not None and fresh) else None
+    own = state.inflight.get(instance, 0)
+    polled: BackendLoad | None
+    if slots is not None:
+        waiting = state.load.waiting if (state.load is not None and copies == 1) else 0
+        polled = BackendLoad(slots.busy, waiting, slots.total, slots.idle)
+    else:
+        polled = state.load if copies == 1 else None
+    age = now - state.load_at if state.load_at is not None else float("nan")
+    load = fuse_load(own, polled, age, routing.poll_max_age_s)
+    capacity = free_capacity(state.server.request_max, state.total, slots.total if slots else None, load)
+    idle = tuple(i for i in slots.idle_ids if i not in state.pinned) if slots else ()
+    return Target(
+        server=state.name,
+        instance=instance,
+        order=order,
+        status=state.health(now),  # type: ignore[arg-type]
+        load=load,
+        capacity=capacity,
+        match_chars=affinity.match_chars(state.name, instance, fp),
+        idle_slots=idle,
+        slot_match=affinity.slot_match(state.name, idle, fp) if idle else {},
+    )
