@@ -19,7 +19,7 @@ from .http.app import build_app
 from .http.context import AppContext
 from .io.config_watch import ConfigWatcher
 from .io.gpu import GpuMonitor, GpuSampler, detect_sampler
-from .io.observability import AccessLog, Metrics
+from .io.observability import AccessLog, Metrics, queue_gauges
 from .io.pollers import Pollers
 from .io.upstream import UpstreamClient
 from .state.access_stats import AccessStats
@@ -55,6 +55,7 @@ class Runtime:
         self._environ = os.environ if environ is None else environ
         registry = Registry(config, clock)
         client = UpstreamClient(options)
+        queue = WaitQueue(options.routing.queue_max, clock.monotonic)
         self.context = AppContext(
             config=config,
             clock=clock,
@@ -66,12 +67,12 @@ class Runtime:
             gpu=GpuMonitor(gpu_sampler or detect_sampler(),
                            GpuWindow(options.gpu_window_s, options.gpu_busy_threshold),
                            options.gpu_sample_interval_s),
-            metrics=Metrics(registry),
+            metrics=Metrics(registry, lambda: queue_gauges(queue)),
             access_log=AccessLog(options.access_log, options.access_log_max_bytes, options.access_log_backups),
             auth=auth_policy(config, self._environ),
             trusted=TrustedProxies(options.trusted_proxies),
             affinity=AffinityStore(options.routing.affinity_entries),
-            queue=WaitQueue(options.routing.queue_max, clock.monotonic),
+            queue=queue,
             info={"path": config_path, "loaded_at": iso_utc(clock.wall()), "error": None},
         )
         registry.on_release = self.context.queue.wake_all

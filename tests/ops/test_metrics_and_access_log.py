@@ -51,7 +51,8 @@ async def test_metrics_count_requests_tokens_and_latency_for_streamed_and_plain_
     assert sample(text, "llama_balancer_request_duration_seconds_count", model=MODEL) == 2
     assert sample(text, "llama_balancer_time_to_first_token_seconds_count", model=MODEL) == 2
     assert sample(text, "llama_balancer_inflight_requests", server="PC1") == 0
-    assert sample(text, "llama_balancer_backend_health", server="PC1", state="idle") == 1
+    states = {s: sample(text, "llama_balancer_backend_health", server="PC1", state=s) for s in ("idle", "busy", "invalid")}
+    assert sorted(states.values()) == [0.0, 0.0, 1.0] and states["invalid"] == 0.0
 
 
 async def test_unknown_model_names_do_not_explode_metric_labels(observed, http):

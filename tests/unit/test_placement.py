@@ -226,11 +226,23 @@ def test_idle_slot_with_the_longest_match_is_pinned():
 def test_busy_slot_is_never_pinned_even_with_the_best_match():
     target = t("A", match=900, idle_slots=(0,), slot_match={1: 900})
 
-    assert place([target], None, PROMPT).id_slot is None  # type: ignore[union-attr]
+    assert place([target], None, PROMPT).id_slot == 0  # type: ignore[union-attr]
 
 
-def test_no_slot_is_pinned_without_a_meaningful_match_so_the_server_picks():
-    target = t("A", idle_slots=(0, 1), slot_match={0: 199})
+def test_without_a_meaningful_match_an_idle_slot_we_never_used_is_pinned():
+    target = t("A", idle_slots=(0, 1, 2), slot_match={0: 199})
+
+    assert place([target], None, PROMPT).id_slot == 1  # type: ignore[union-attr]
+
+
+def test_without_a_match_or_an_unused_slot_the_least_matching_idle_slot_is_pinned():
+    target = t("A", idle_slots=(0, 1), slot_match={0: 150, 1: 20})
+
+    assert place([target], None, PROMPT).id_slot == 1  # type: ignore[union-attr]
+
+
+def test_without_idle_slots_nothing_is_pinned():
+    target = t("A", idle_slots=(), slot_match={0: 900})
 
     assert place([target], None, PROMPT).id_slot is None  # type: ignore[union-attr]
 
@@ -333,8 +345,11 @@ def check(targets: list[Target], sticky: Any, prompt: int, knobs: PlacementKnobs
         assert sticky not in [(x.server, x.instance) for x in fair]
     if decision.id_slot is not None:
         assert knobs.pin_slots and decision.id_slot in chosen.idle_slots
-        matched = chosen.slot_match[decision.id_slot]
-        assert matched >= threshold and matched == max(chosen.slot_match[s] for s in chosen.idle_slots)
+        matched = chosen.slot_match.get(decision.id_slot, 0)
+        best_slot = max(chosen.slot_match.get(s, 0) for s in chosen.idle_slots)
+        assert matched == best_slot or best_slot < threshold
+    elif knobs.pin_slots:
+        assert not [s for s in chosen.idle_slots if s >= 0], "an idle slot is always pinned"
     assert decision.match_chars == chosen.match_chars
 
 

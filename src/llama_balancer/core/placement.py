@@ -157,13 +157,22 @@ def match_threshold(prompt_chars: int, knobs: PlacementKnobs) -> int:
 
 
 def pick_slot(target: Target, threshold: int) -> int | None:
-    """The idle slot with the longest match of at least ``threshold``; lowest id on ties."""
-    best: tuple[int, int] | None = None
-    for slot in target.idle_slots:
-        matched = target.slot_match.get(slot, 0)
-        if slot >= 0 and matched >= threshold and (best is None or (-matched, slot) < best):
-            best = (-matched, slot)
-    return None if best is None else best[1]
+    """The idle slot with the longest match of at least ``threshold`` (lowest id on ties).
+
+    Without such a match the prompt still gets a slot we choose, so that we know where it
+    lives next turn: an idle slot we never pinned (its cache is nobody's we know of), else
+    the idle slot whose cache matters least to this prompt.
+    """
+    idle = [slot for slot in target.idle_slots if slot >= 0]
+    if not idle:
+        return None
+    best = min(idle, key=lambda slot: (-target.slot_match.get(slot, 0), slot))
+    if target.slot_match.get(best, 0) >= threshold:
+        return best
+    unused = [slot for slot in idle if slot not in target.slot_match]
+    if unused:
+        return min(unused)
+    return min(idle, key=lambda slot: (target.slot_match[slot], slot))
 
 
 def _sticky_target(fair: list[Target], sticky: tuple[str, str] | None) -> Target | None:

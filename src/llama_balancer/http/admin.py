@@ -44,6 +44,9 @@ async def handle_snapshot(request: web.Request) -> web.Response:
         "sticky_count": len(sticky),
         "sticky": sticky,
         "inflight_total": ctx.registry.total_inflight(),
+        "routing": {"policy": config.balancer.routing.policy},
+        "queue": ctx.queue.snapshot(),
+        "affinity": ctx.affinity.snapshot(),
         "config": ctx.info,
         "now": iso_utc(ctx.clock.wall()),
     })

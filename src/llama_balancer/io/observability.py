@@ -18,6 +18,7 @@ from prometheus_client.registry import Collector
 
 from ..state.clock import iso_utc
 from ..state.exchange import Exchange
+from ..state.queue import WaitQueue
 from ..state.registry import Registry
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
@@ -81,6 +82,17 @@ class _StateCollector(Collector):
         yield health
         if self._extra is not None:
             yield from self._extra()
+
+
+def queue_gauges(queue: WaitQueue) -> Iterable[GaugeMetricFamily]:
+    """Requests waiting for a free backend, per model, and the longest wait so far."""
+    state = queue.snapshot()
+    waiting = GaugeMetricFamily("llama_balancer_queued_requests", "Requests waiting in the queue.", labels=["model"])
+    for model, count in state["waiting_by_model"].items():
+        waiting.add_metric([model], count)
+    yield waiting
+    yield GaugeMetricFamily("llama_balancer_queue_oldest_wait_seconds", "Longest current wait.",
+                            value=state["oldest_wait_s"])
 
 
 class AccessLog:

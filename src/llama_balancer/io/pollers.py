@@ -14,6 +14,7 @@ from ..core.config import Config
 from ..core.errors import UpstreamError
 from ..core.health import HealthSample, parse_llmhealth
 from ..state.registry import Registry
+from .native_signals import poll_native
 from .upstream import UpstreamClient
 
 log = logging.getLogger("llama_balancer.pollers")
@@ -47,7 +48,11 @@ class Pollers:
         self._tasks = []
 
     async def poll_health(self, name: str) -> None:
-        url = self._registry.state(name).server.health_base + "/llmhealth"
+        state = self._registry.state(name)
+        if state.kind != "agent":
+            await self._poll_native(name)
+            return
+        url = state.server.health_base + "/llmhealth"
         try:
             status, body = await self._client.fetch(url, self._health_timeout, server=name)
             sample = parse_llmhealth(status, body)
@@ -55,11 +60,19 @@ class Pollers:
             sample = HealthSample("invalid", detail=str(exc))
         self._registry.record_health(name, sample, url)
 
+    async def _poll_native(self, name: str) -> None:
+        state = self._registry.state(name)
+        polled = await poll_native(self._client, name, state.server, state.kind, self._health_timeout)
+        self._registry.record_signals(name, polled.load, polled.slots, polled.kind)
+        self._registry.record_health(name, polled.sample, state.server.model_base)
+
     async def poll_models(self, name: str) -> list[dict[str, Any]] | None:
         """Refresh one server's model list; returns its entries, or None when unreachable."""
-        url = self._registry.state(name).server.model_base + "/v1/models"
+        server = self._registry.state(name).server
+        url = server.model_base + "/v1/models"
+        headers = {"Authorization": f"Bearer {server.api_key}"} if server.api_key else None
         try:
-            status, body = await self._client.fetch(url, self._health_timeout, server=name)
+            status, body = await self._client.fetch(url, self._health_timeout, server=name, headers=headers)
             entries = _model_entries(body) if status == 200 else None
         except UpstreamError as exc:
             log.debug("model discovery on %s failed: %s", name, exc)

@@ -81,11 +81,18 @@ class UpstreamClient:
         else:
             response.release()
 
-    async def fetch(self, url: str, timeout: aiohttp.ClientTimeout, server: str | None = None) -> tuple[int, bytes]:
+    async def fetch(self, url: str, timeout: aiohttp.ClientTimeout, server: str | None = None,
+                    headers: Mapping[str, str] | None = None) -> tuple[int, bytes]:
         """A small GET for pollers: status and whole body."""
-        async with self.open("GET", url, headers={}, server=server, timeout=timeout) as response:
+        status, _, body = await self.fetch_full(url, timeout, server, headers)
+        return status, body
+
+    async def fetch_full(self, url: str, timeout: aiohttp.ClientTimeout, server: str | None = None,
+                         headers: Mapping[str, str] | None = None) -> tuple[int, Mapping[str, str], bytes]:
+        """Like fetch, with the response headers (``Server`` tells a llama-server)."""
+        async with self.open("GET", url, headers=headers or {}, server=server, timeout=timeout) as response:
             try:
-                return response.status, await response.read()
+                return response.status, response.headers, await response.read()
             except BaseException as exc:
                 raise map_error(exc, url, server) from None
 

@@ -97,3 +97,5 @@ class WaitQueue:
         self._size -= 1
         if not lane:
             del self._by_identity[ticket.identity]
+        else:
+            self._by_identity.move_to_end(ticket.identity)  # its turn is over: others first

@@ -1,0 +1,73 @@
+"""The benchmark harness works: a seconds-long ``--smoke`` run of every scenario against all
+three targets (direct, nginx, llama-balancer). It checks that results were produced, with no
+error and a ``[DONE]`` on every stream -- never how fast anything was.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SCENARIOS = ("S1", "S2", "S3", "S4")
+TARGETS = ("direct", "nginx", "balancer")
+
+
+def _missing_tools() -> list[str]:
+    missing = []
+    if not (shutil.which("nginx") or os.access("/usr/sbin/nginx", os.X_OK)):
+        missing.append("nginx")
+    if not shutil.which("wrk"):
+        missing.append("wrk")
+    return missing
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    missing = _missing_tools()
+    if missing:
+        message = f"bench smoke needs {' and '.join(missing)} (apt-get install {' '.join(missing)})"
+        if os.environ.get("LLAMA_BALANCER_REQUIRE_BROWSER") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    out = tmp_path_factory.mktemp("bench")
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "harness.py"), "--smoke", "--no-doc", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, f"bench --smoke failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
+    return json.loads((out / "latest-smoke.json").read_text())
+
+
+def test_smoke_measures_every_scenario_against_every_target(smoke: dict) -> None:
+    seen = {(run["scenario"], run["target"]) for run in smoke["runs"]}
+    assert seen == {(s, t) for s in SCENARIOS for t in TARGETS}
+
+
+def test_smoke_runs_have_no_errors(smoke: dict) -> None:
+    failed = [(r["scenario"], r["target"], r.get("error_kinds")) for r in smoke["runs"] if r["errors"]]
+    assert failed == []
+
+
+def test_every_stream_ended_with_done(smoke: dict) -> None:
+    # streamgen counts a stream without [DONE] (or with too few events) as an error, so a
+    # stream is in "streams" only when it was whole.
+    for run in smoke["runs"]:
+        if run["scenario"] == "S1":
+            assert run["requests"] > 0
+            continue
+        assert run["streams"] > 0, run
+        if run.get("expected_streams") is not None:
+            assert run["streams"] == run["expected_streams"], run
+
+
+def test_smoke_reports_proxy_cpu_and_memory(smoke: dict) -> None:
+    for run in smoke["runs"]:
+        if run["target"] != "direct":
+            assert run["proxy_peak_rss_mib"] > 0 and run["proxy_cpu_s"] >= 0, run
+    assert {c["target"] for c in smoke["checks"]} >= {"S1 req/s vs nginx", "S3 errors", "S4 errors"}
