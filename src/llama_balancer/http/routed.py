@@ -15,7 +15,7 @@ from ..core.config import ServerConfig
 from ..core.errors import UpstreamError
 from ..core.identity import user_from_messages
 from ..core.placement import Place
-from ..core.prefix import Fingerprint, fingerprint
+from ..core.prefix import fingerprint
 from ..core.rewrite import apply_rewrites
 from ..io.forward import relay_response
 from ..state.exchange import Exchange
@@ -77,7 +77,7 @@ async def _send_to_fallback(ctx: AppContext, request: web.Request, ex: Exchange,
     ex.server, ex.instance, ex.reason = name, ex.model or "", "fallback"
     if ex.model is not None:
         ex.model_label = _label(ctx, name, ex.model)
-    return await _send(ctx, request, ex, ctx.config.servers[name], raw, pinned=None, last_try=True)
+    return await _send(ctx, request, ex, ctx.config.servers[name], raw, pinned=None, last_try=True, resolved=None)
 
 
 async def _route_and_send(ctx: AppContext, request: web.Request, ex: Exchange, resolved: Resolved,
@@ -96,7 +96,7 @@ async def _route_and_send(ctx: AppContext, request: web.Request, ex: Exchange, r
         ex.model_label = _label(ctx, placed.server, resolved.upstream_model)
         last_try = ex.retries >= routing.max_retries or len(excluded) + 1 >= len(resolved.candidates)
         try:
-            response = await _send(ctx, request, ex, server, body, pinned, last_try, resolved.fingerprint, resolved)
+            response = await _send(ctx, request, ex, server, body, pinned, last_try, resolved)
         except RetryElsewhere as failure:
             _note_failure(ctx, ex, failure)
             first_failure = first_failure or failure.server
@@ -141,15 +141,16 @@ def _label(ctx: AppContext, server: str, upstream_model: str) -> str:
 
 
 async def _send(ctx: AppContext, request: web.Request, ex: Exchange, server: ServerConfig, body: bytes,
-                pinned: int | None, last_try: bool, fp: Fingerprint | None = None,
-                resolved: Resolved | None = None) -> web.StreamResponse:
+                pinned: int | None, last_try: bool, resolved: Resolved | None) -> web.StreamResponse:
+    """One attempt on one backend; ``resolved`` is None for the fallback path (no routing state).
+    Raises RetryElsewhere for a failure before the answer started, unless ``last_try``."""
     name, instance = ex.server or "", ex.instance or ""
     url = server.model_base + request.path_qs
     headers = headers_for(ctx, request, server, ex.request_id, body_replaced=True)
     retry_statuses = ctx.config.balancer.routing.retry_statuses
     async with ctx.registry.slot(name, instance or "(none)", pinned):
-        if fp is not None:
-            ctx.affinity.record(name, instance, pinned, fp)
+        if resolved is not None:
+            ctx.affinity.record(name, instance, pinned, resolved.fingerprint)
         try:
             async with ctx.client.open(request.method, url, headers=headers, data=body, server=name) as upstream:
                 if not last_try and upstream.status in retry_statuses:
@@ -164,5 +165,5 @@ async def _send(ctx: AppContext, request: web.Request, ex: Exchange, server: Ser
                 raise
             raise RetryElsewhere(name, exc.kind, exc) from None
         finally:
-            if resolved is not None and ex.reason != "fallback":
+            if resolved is not None:
                 ctx.sticky.refresh(ex.identity, resolved.requested, name, instance)
