@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import pytest
 
-from llama_balancer.core.health import HealthSample
-
 from tests.conftest import server_entry, snapshot
 
 MODEL = "llama-3.1-8b"

@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import asyncio
 
-import aiohttp
-
 from tests.conftest import assert_nothing_in_flight, server_entry, wait_until
 
 MODEL = "m"

@@ -15,7 +15,7 @@ from ..core.config import ServerConfig
 from ..core.errors import UpstreamError
 from ..core.health import HealthSample
 from ..core.signals import (BackendLoad, SlotsInfo, guess_kind, llamacpp_load, parse_llamacpp_health,
-                            parse_llamacpp_metrics, parse_llamacpp_props, parse_llamacpp_slots,
+                            parse_llamacpp_metrics, parse_llamacpp_slots,
                             parse_vllm_metrics, vllm_load)
 from .upstream import UpstreamClient
 
