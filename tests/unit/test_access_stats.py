@@ -137,7 +137,7 @@ def test_per_minute_buckets_carry_ttft_percentiles_and_generation_speed(clock):
     stats = AccessStats(3600.0, clock)
     for ttft in (0.1, 0.2, 0.3, 0.4):
         stats.record("ip", "m", None, "PC1", "m", "idle", status=200, ttft_s=ttft,
-                     duration_s=ttft + 2.0, completion_tokens=50)
+                     duration_s=ttft + 2.0, completion_tokens=50, generation_s=2.0)
     bucket = stats.summary()["per_minute"][-1]
     assert bucket["count"] == 4
     assert (bucket["ttft_ms_p50"], bucket["ttft_ms_p99"]) == (300.0, 400.0)

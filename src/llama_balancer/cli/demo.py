@@ -14,10 +14,11 @@ from typing import Any
 from ..core.config import parse_config
 from ..runtime import Runtime, run, serve_until_signal
 
+# Three ways of reading a backend: llama-server's own endpoints, detection, the agent.
 DEMO_BACKENDS: list[dict[str, Any]] = [
-    {"name": "PC1", "models": ["llama-3.1-8b"], "instances": 2},
-    {"name": "PC2", "models": ["llama-3.1-8b", "qwen2.5-7b"], "instances": 1},
-    {"name": "PC3", "models": ["qwen2.5-7b", "gpt-oss:20b"], "instances": 1},
+    {"name": "PC1", "models": ["llama-3.1-8b"], "instances": 2, "kind": "llama.cpp"},
+    {"name": "PC2", "models": ["llama-3.1-8b", "qwen2.5-7b"], "instances": 1, "kind": "auto"},
+    {"name": "PC3", "models": ["qwen2.5-7b", "gpt-oss:20b"], "instances": 1, "kind": "agent"},
 ]
 
 GPT_OSS_REWRITES: list[dict[str, Any]] = [
@@ -29,9 +30,11 @@ GPT_OSS_REWRITES: list[dict[str, Any]] = [
 
 def demo_config(ports: dict[str, int], request_max: int = 4) -> dict[str, Any]:
     """The demo's server-list.json: each sim serves its models and /llmhealth on one port."""
+    kinds = {b["name"]: b["kind"] for b in DEMO_BACKENDS}
     return {
         "servers": {
-            name: {"addr": "http://127.0.0.1", "health-port": port, "model-port": port, "request-max": request_max}
+            name: {"addr": "http://127.0.0.1", "health-port": port, "model-port": port,
+                   "request-max": request_max, "kind": kinds[name]}
             for name, port in ports.items()
         },
         "models": {

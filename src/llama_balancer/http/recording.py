@@ -34,8 +34,19 @@ def finish_exchange(ctx: AppContext, ex: Exchange, error: BaseException | None) 
             ex.ip, ex.model, ex.user, ex.server, ex.instance or "", ex.reason or "",
             status=ex.status, ttft_s=ex.ttft_s, duration_s=ex.duration_s,
             completion_tokens=ex.usage.completion_tokens if ex.usage else None,
-            queue_wait_s=ex.queue_wait_s, request_id=ex.request_id,
+            queue_wait_s=ex.queue_wait_s, request_id=ex.request_id, generation_s=_generation_s(ex),
         )
+
+
+def _generation_s(ex: Exchange) -> float | None:
+    """llama-server's own predicted_ms when reported; else first to last byte of a stream
+    (a non-streamed answer arrives at once, so that span says nothing)."""
+    if ex.usage is not None and ex.usage.generation_ms:
+        return ex.usage.generation_ms / 1000
+    if ex.duration_s is None or ex.ttft_s is None:
+        return None
+    span = ex.duration_s - ex.ttft_s
+    return span if span > 0.01 else None
 
 
 def _outcome_of(error: BaseException) -> str:

@@ -23,12 +23,7 @@ class AccessRecord:
     completion_tokens: int | None = None
     queue_wait_s: float = 0.0
     request_id: str | None = None
-
-    @property
-    def generation_s(self) -> float | None:
-        if self.duration_s is None or self.ttft_s is None:
-            return None
-        return max(self.duration_s - self.ttft_s, 0.0)
+    generation_s: float | None = None  # time spent generating (backend timings, or first to last byte)
 
 
 class AccessStats:
