@@ -1,0 +1,44 @@
+"""``llama-balancer demo``: three simulated backends behind the balancer, no GPU, Ctrl-C stops it."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+
+import openai
+
+from tests.compat.test_config import free_port
+
+
+def test_the_demo_serves_the_openai_api_and_the_dashboard_and_stops_on_ctrl_c():
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "llama_balancer", "demo", "--port", str(port)],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        lines = []
+        deadline = time.monotonic() + 20
+        while not any("Press Ctrl-C" in line for line in lines):
+            assert time.monotonic() < deadline and process.poll() is None, "".join(lines)
+            lines.append(process.stdout.readline())
+        banner = "".join(lines)
+        assert f"OpenAI API base URL: http://127.0.0.1:{port}/v1" in banner
+        assert f"Dashboard:           http://127.0.0.1:{port}/llmhealth-monitor" in banner
+        assert "x2 instances" in banner
+
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0)
+        assert [m.id for m in client.models.list().data] == ["gpt-oss:20b", "llama-3.1-8b", "qwen2.5-7b"]
+        answer = client.chat.completions.create(model="gpt-oss:20b-high", max_tokens=3,
+                                                messages=[{"role": "user", "content": "hi"}])
+        assert answer.model == "gpt-oss:20b" and answer.usage.completion_tokens == 3
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/llmhealth-snapshot") as reply:
+            snap = json.load(reply)
+        assert sorted(snap["backends"]) == ["PC1", "PC2", "PC3"]
+        assert {b["kind"] for b in snap["backends"].values()} == {"llama.cpp", "agent"}  # auto -> llama.cpp
+    finally:
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=15) == 0
