@@ -72,6 +72,8 @@ async def test_the_snapshot_shows_the_policy_the_queue_and_what_each_backend_hol
     assert snap["routing"] == {"policy": "cache-aware"}
     assert snap["queue"]["length"] == 0
     assert snap["affinity"] and snap["affinity"][0]["entries"] > 0
+    assert snap["decisions"]["by_reason"] == {"least-loaded": 1}
+    assert snap["decisions"]["recent"][0]["reason"] == "least-loaded"
 
 
 async def test_an_overloaded_cache_holder_loses_to_a_free_backend(sims, balancer, http):

@@ -47,6 +47,7 @@ async def handle_snapshot(request: web.Request) -> web.Response:
         "routing": {"policy": config.balancer.routing.policy},
         "queue": ctx.queue.snapshot(),
         "affinity": ctx.affinity.snapshot(),
+        "decisions": ctx.stats.decisions(),
         "config": ctx.info,
         "now": iso_utc(ctx.clock.wall()),
     })

@@ -58,6 +58,7 @@ class AccessStats:
             "by_model": dict(Counter(r.model for r in records).most_common()),
             "by_user": dict(Counter(users).most_common()),
             "by_server": dict(Counter(r.server for r in records).most_common()),
+            "by_reason": dict(Counter(r.reason for r in records).most_common()),
             "per_minute": [_minute(m, by_minute.get(m, [])) for m in range(first_minute, last_minute + 1)],
             "recent": [
                 {"at": iso_utc(r.wall), "ip": r.ip, "user": r.user, "model": r.model,
@@ -68,6 +69,16 @@ class AccessStats:
                 for r in records[-20:][::-1]
             ],
             "now": iso_utc(now),
+        }
+
+    def decisions(self, last: int = 10) -> dict[str, Any]:
+        """Routing decisions of the window by reason, and the latest few with their reason."""
+        self._trim(self._clock.wall())
+        records = list(self._records)
+        return {
+            "by_reason": dict(Counter(r.reason for r in records).most_common()),
+            "recent": [{"at": iso_utc(r.wall), "model": r.model, "server": r.server, "instance": r.instance,
+                        "reason": r.reason, "client": r.user or r.ip} for r in records[-last:][::-1]],
         }
 
     def _trim(self, now: float) -> None:
