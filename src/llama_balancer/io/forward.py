@@ -6,6 +6,7 @@ still a clean error reply; after it, a broken backend means an aborted client co
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 
@@ -36,12 +37,16 @@ async def relay_response(request: web.Request, upstream: aiohttp.ClientResponse,
     if upstream.headers.get("Content-Length") is None and _may_have_body(request, upstream):
         response.enable_chunked_encoding()
     await response.prepare(request)
+    pump = _relay_plain(upstream, response) if exchange is None else _relay_observed(upstream, response, exchange)
     try:
-        if exchange is None:
-            async for chunk in upstream.content.iter_any():
-                await response.write(chunk)
+        if response.chunked:
+            # A stream wakes its reader once per chunk. In a task of its own each wake-up
+            # resumes two frames instead of the handler's whole chain (middlewares, routing,
+            # retries): -10 % proxy CPU on 1,000 streams of 40 chunks (docs/performance.md).
+            # Cancelling the handler (client gone) cancels this task too: the handler waits on it.
+            await asyncio.ensure_future(pump)
         else:
-            await _relay_observed(upstream, response, exchange)
+            await pump
     except (aiohttp.ClientError, ConnectionError, TimeoutError) as exc:
         error = map_error(exc, str(upstream.url), server)
         log.warning("stream from %s broke off: %s", server, error)
@@ -51,10 +56,17 @@ async def relay_response(request: web.Request, upstream: aiohttp.ClientResponse,
     return response
 
 
+async def _relay_plain(upstream: aiohttp.ClientResponse, response: web.StreamResponse) -> None:
+    read, write = upstream.content.readany, response.write
+    while chunk := await read():  # readany: whatever arrived, b"" at the end
+        await write(chunk)
+
+
 async def _relay_observed(upstream: aiohttp.ClientResponse, response: web.StreamResponse, exchange: Exchange) -> None:
     tail = exchange.tail
     kept = 0
-    async for chunk in upstream.content.iter_any():
+    read = upstream.content.readany
+    while chunk := await read():
         if exchange.first_byte is None:
             exchange.first_byte = time.monotonic()
         tail.append(chunk)

@@ -1,0 +1,688 @@
+"""The benchmark: direct vs nginx vs llama-balancer, interleaved, on pinned cores.
+
+Run it through ``bench/run`` (which installs nginx/wrk when missing); ``--help`` lists the
+flags. Every measurement starts its proxy fresh (so peak RSS and CPU seconds belong to that
+measurement only), pinned to core 0; the backend (bench/backend.py) and the load generators
+(wrk, bench/streamgen.py) run on core 1. Results go to bench/results/*.json, a markdown
+summary to stdout and, for full runs, into docs/performance.md between its markers.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import resource
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench"
+PY = sys.executable
+TARGETS = ("direct", "nginx", "balancer")
+MIB = 1024 * 1024
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+# Scenario parameters (full run, then the seconds-long smoke used by CI).
+FULL: dict[str, dict[str, Any]] = {
+    "S1": {"kind": "wrk", "conns": 32, "duration": 10.0},
+    "S2": {"kind": "loop", "concurrency": 64, "chunks": 32, "delay_ms": 5.0, "duration": 10.0, "procs": 1},
+    "S3": {"kind": "once", "concurrency": 1000, "chunks": 20, "delay_ms": 500.0, "ramp": 1.0, "procs": 1},
+    "S4": {"kind": "once", "concurrency": 10000, "chunks": 20, "delay_ms": 1500.0, "ramp": 4.0, "procs": 4},
+}
+SMOKE: dict[str, dict[str, Any]] = {
+    "S1": {"kind": "wrk", "conns": 4, "duration": 1.0},
+    "S2": {"kind": "loop", "concurrency": 4, "chunks": 4, "delay_ms": 5.0, "duration": 1.0, "procs": 1},
+    "S3": {"kind": "once", "concurrency": 20, "chunks": 4, "delay_ms": 50.0, "ramp": 0.1, "procs": 1},
+    "S4": {"kind": "once", "concurrency": 40, "chunks": 4, "delay_ms": 50.0, "ramp": 0.1, "procs": 2},
+}
+# The issue's targets: llama-balancer against nginx in the same run.
+S1_RPS_RATIO, S2_TTFT50_RATIO, S2_TTFT99_RATIO, S2_SPS_RATIO = 0.5, 1.2, 1.5, 0.9
+S3_RSS_MIB, S3_CPU_RATIO, S4_RSS_MIB = 100.0, 3.0, 400.0
+
+
+# ----------------------------------------------------------------------------- processes
+
+class Procs:
+    """Every process the bench starts, so that all of them (and only them) are stopped."""
+
+    def __init__(self) -> None:
+        self.started: list[subprocess.Popen] = []
+
+    def start(self, argv: list[str], **kw: Any) -> subprocess.Popen:
+        proc = subprocess.Popen(argv, **kw)
+        self.started.append(proc)
+        return proc
+
+    def stop(self, proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
+        if proc.poll() is None:
+            proc.send_signal(sig)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+        if proc in self.started:
+            self.started.remove(proc)
+
+    def stop_all(self) -> None:
+        for proc in list(self.started):
+            self.stop(proc)
+
+
+def pin(core: int) -> list[str]:
+    """taskset prefix; with fewer than 2 cores nothing is pinned (recorded in the results)."""
+    return ["taskset", "-c", str(core)] if (os.cpu_count() or 1) >= 2 and shutil.which("taskset") else []
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        fields = f.read().rsplit(b")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime
+
+
+def peak_rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(x) for x in f.read().split()]
+    except OSError:
+        return []
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, proc: subprocess.Popen | None, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process {proc.args} exited with {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), 0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
+
+
+def http(method: str, port: int, path: str, body: bytes | None = None, timeout: float = 10.0) -> tuple[int, bytes]:
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=body, method=method,
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
+        return resp.status, resp.read()
+
+
+def raise_nofile() -> int:
+    """Soft RLIMIT_NOFILE up to the hard limit (and the hard one too where permitted)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    for want in (1 << 20, 262144, 65536):
+        if want > hard:
+            try:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (want, want))
+                return want
+            except (ValueError, OSError):
+                continue
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard
+
+
+# ----------------------------------------------------------------------------- targets
+
+NGINX_CONF = """
+worker_processes 1;
+daemon off;
+master_process on;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+worker_rlimit_nofile {nofile};
+events {{ worker_connections {conns}; use epoll; }}
+http {{
+  access_log {access_log};
+  client_body_temp_path {dir}/body;
+  proxy_temp_path {dir}/proxy;
+  fastcgi_temp_path {dir}/fastcgi;
+  uwsgi_temp_path {dir}/uwsgi;
+  scgi_temp_path {dir}/scgi;
+  keepalive_requests 1000000;
+  keepalive_timeout 75s;
+  upstream backend {{
+    server 127.0.0.1:{backend};
+    keepalive 1024;
+    keepalive_requests 1000000;
+    keepalive_timeout 60s;
+  }}
+  server {{
+    listen 127.0.0.1:{port} backlog=4096;
+    location / {{
+      proxy_pass http://backend;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_buffering off;
+      proxy_read_timeout 300s;
+    }}
+  }}
+}}
+"""
+
+
+def nginx_binary() -> str:
+    found = shutil.which("nginx") or ("/usr/sbin/nginx" if os.access("/usr/sbin/nginx", os.X_OK) else None)
+    if not found:
+        raise SystemExit("bench: nginx is not installed (bench/run installs it: apt-get install nginx)")
+    return found
+
+
+def nginx_connections(nofile: int) -> int:
+    """nginx starts closing idle (and not-yet-requesting) connections once fewer than 1/16 of
+    worker_connections are free; sized so that only the descriptor limit itself can bind."""
+    return max(1024, nofile * 17 // 16 + 64)
+
+
+class Target:
+    """A running target for one measurement: port and the pid that does the proxying."""
+
+    def __init__(self, name: str, port: int, pid: int | None, proc: subprocess.Popen | None,
+                 log: Path | None = None) -> None:
+        self.name, self.port, self.pid, self.proc, self.log = name, port, pid, proc, log
+
+    def log_tail(self) -> list[str]:
+        """Distinct warning/error lines the proxy logged (timestamps stripped), at most 5."""
+        if self.log is None or not self.log.exists():
+            return []
+        seen: dict[str, None] = {}
+        for line in self.log.read_text(errors="replace").splitlines():
+            if any(w in line for w in ("[warn]", "[error]", "[crit]", "[alert]", "[emerg]", "WARNING", "ERROR")):
+                seen.setdefault(line.split(" ", 2)[-1][:300], None)
+        return list(seen)[:5]
+
+
+def start_target(name: str, procs: Procs, backend_port: int, workdir: Path, nofile: int,
+                 access_log: bool = False) -> Target:
+    if name == "direct":
+        return Target(name, backend_port, None, None)
+    port = free_port()
+    logpath = workdir / f"{name}-{time.monotonic_ns()}.log"
+    log = open(logpath, "ab")
+    if name == "nginx":
+        ndir = Path(tempfile.mkdtemp(prefix="nginx-", dir=workdir))
+        conf = ndir / "nginx.conf"
+        conf.write_text(NGINX_CONF.format(dir=ndir, nofile=nofile, conns=nginx_connections(nofile),
+                                          backend=backend_port, port=port,
+                                          access_log=f"{ndir}/access.log" if access_log else "off"))
+        proc = procs.start([*pin(0), nginx_binary(), "-p", str(ndir), "-c", str(conf), "-e", str(ndir / "error.log")],
+                           stdout=log, stderr=log)
+        wait_port(port, proc)
+        deadline = time.monotonic() + 10
+        while not children(proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        workers = children(proc.pid)
+        if not workers:
+            raise RuntimeError("nginx started no worker")
+        return Target(name, port, workers[0], proc, ndir / "error.log")
+    config = {
+        "servers": {"bench": {"addr": "http://127.0.0.1", "health-port": backend_port, "model-port": backend_port}},
+        "models": {"bench-model": ["bench"]},
+        "fallback_server": "bench",
+        # Same as nginx: no access log unless --access-log (then both write one to a file).
+        "balancer": {"access_log": str(workdir / "balancer-access.log") if access_log else "off"},
+    }
+    cfg = workdir / "server-list.json"
+    cfg.write_text(json.dumps(config, indent=2))
+    # BENCH_BALANCER_EXE: another entry point to compare (an experiment, another build).
+    exe = os.environ.get("BENCH_BALANCER_EXE") or str(Path(PY).parent / "llama-balancer")
+    proc = procs.start([*pin(0), exe, "serve", "--config", str(cfg), "--host", "127.0.0.1",
+                        "--port", str(port), "--log-level", "WARNING"], stdout=log, stderr=log)
+    wait_port(port, proc)
+    return Target(name, port, proc.pid, proc, logpath)
+
+
+def check_target(target: Target) -> None:
+    """One plain and one streamed request must work before a measurement counts."""
+    body = json.dumps({"model": "bench-model", "messages": [{"role": "user", "content": "hi"}]}).encode()
+    status, data = http("POST", target.port, "/v1/chat/completions", body)
+    if status != 200 or b"chat.completion" not in data:
+        raise RuntimeError(f"{target.name}: warm-up request failed: {status} {data[:200]!r}")
+    body = json.dumps({"model": "bench-model", "stream": True, "max_tokens": 2, "bench_delay_ms": 1,
+                       "messages": [{"role": "user", "content": "hi"}]}).encode()
+    status, data = http("POST", target.port, "/v1/chat/completions", body)
+    if status != 200 or not data.rstrip().endswith(b"data: [DONE]"):
+        raise RuntimeError(f"{target.name}: warm-up stream failed: {status} {data[-200:]!r}")
+
+
+# ----------------------------------------------------------------------------- load
+
+def run_wrk(port: int, p: dict[str, Any]) -> dict[str, Any]:
+    wrk = shutil.which("wrk")
+    if not wrk:
+        raise SystemExit("bench: wrk is not installed (bench/run installs it: apt-get install wrk)")
+    duration = max(1, round(p["duration"]))
+    argv = [*pin(1), wrk, "-t1", f"-c{p['conns']}", f"-d{duration}s", "--timeout", "10s",
+            "-s", str(BENCH / "post.lua"), f"http://127.0.0.1:{port}/v1/chat/completions"]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60)
+    line = next((ln for ln in out.stdout.splitlines() if ln.startswith("BENCHJSON ")), None)
+    if line is None:
+        raise RuntimeError(f"wrk gave no result: {out.stdout[-500:]} {out.stderr[-500:]}")
+    raw = json.loads(line[len("BENCHJSON "):])
+    errors = {k: raw[k] for k in ("connect", "read", "write", "status", "timeout") if raw[k]}
+    return {
+        "requests": raw["requests"], "rps": raw["requests"] / (raw["duration_us"] / 1e6),
+        "lat_p50_ms": raw["p50_us"] / 1000, "lat_p99_ms": raw["p99_us"] / 1000,
+        "errors": sum(errors.values()), "error_kinds": errors, "elapsed_s": raw["duration_us"] / 1e6,
+    }
+
+
+def run_streams(port: int, p: dict[str, Any]) -> dict[str, Any]:
+    procs_n = max(1, min(p["procs"], p["concurrency"]))
+    start_at = time.time() + 0.5 + 0.25 * procs_n
+    share = [p["concurrency"] // procs_n + (1 if i < p["concurrency"] % procs_n else 0) for i in range(procs_n)]
+    hold = p["chunks"] * p["delay_ms"] / 1000
+    limit = p.get("duration", 0) + p.get("ramp", 0) + hold + 180
+    children_ = []
+    outdir = Path(tempfile.mkdtemp(prefix="streamgen-"))
+    for i, n in enumerate(share):
+        argv = [*pin(1), PY, str(BENCH / "streamgen.py"), "--port", str(port), "--concurrency", str(n),
+                "--chunks", str(p["chunks"]), "--delay-ms", str(p["delay_ms"]), "--start-at", str(start_at), "--out", str(outdir / f"{i}.json")]
+        argv += ["--once", "--ramp", str(p["ramp"])] if p["kind"] == "once" else ["--duration", str(p["duration"])]
+        children_.append(subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+    outs = []
+    try:
+        for i, child in enumerate(children_):
+            _, err = child.communicate(timeout=limit)
+            if child.returncode != 0:
+                raise RuntimeError(f"streamgen failed ({child.returncode}): {err.decode()[-800:]}")
+            outs.append(json.loads((outdir / f"{i}.json").read_bytes()))
+    finally:
+        for child in children_:
+            if child.poll() is None:
+                child.kill()
+                child.wait()
+        shutil.rmtree(outdir, ignore_errors=True)
+    ttft = sorted(t for o in outs for t in o["ttft_s"])
+    total = sorted(t for o in outs for t in o["total_s"])
+    kinds: dict[str, int] = {}
+    for o in outs:
+        for k, v in o["error_kinds"].items():
+            kinds[k] = kinds.get(k, 0) + v
+    streams = sum(o["streams"] for o in outs)
+    elapsed = max(o["elapsed_s"] for o in outs)
+    return {
+        "streams": streams, "expected_streams": p["concurrency"] if p["kind"] == "once" else None,
+        "errors": sum(kinds.values()), "error_kinds": kinds, "elapsed_s": elapsed,
+        "streams_per_s": streams / elapsed if elapsed > 0 else 0.0,
+        "ttft_p50_ms": pct(ttft, 50) * 1000, "ttft_p99_ms": pct(ttft, 99) * 1000,
+        "total_p50_ms": pct(total, 50) * 1000, "total_p99_ms": pct(total, 99) * 1000,
+    }
+
+
+def pct(sorted_values: list[float], q: float) -> float:
+    if not sorted_values:
+        return float("nan")
+    k = min(len(sorted_values) - 1, max(0, round(q / 100 * len(sorted_values) + 0.5) - 1))
+    return sorted_values[k]
+
+
+def measure(scenario: str, p: dict[str, Any], target_name: str, procs: Procs, backend: subprocess.Popen,
+            backend_port: int, workdir: Path, nofile: int, profile_to: Path | None = None,
+            access_log: bool = False) -> dict[str, Any]:
+    target = start_target(target_name, procs, backend_port, workdir, nofile, access_log)
+    spy = None
+    try:
+        check_target(target)
+        pid = target.pid
+        if profile_to is not None and target_name == "balancer" and pid:
+            spy = start_profiler(procs, pid, profile_to)
+        cpu0 = cpu_seconds(pid) if pid else 0.0
+        bcpu0 = cpu_seconds(backend.pid)
+        t0 = time.monotonic()
+        result = run_wrk(target.port, p) if p["kind"] == "wrk" else run_streams(target.port, p)
+        wall = time.monotonic() - t0
+        result["backend_cpu_s"] = cpu_seconds(backend.pid) - bcpu0
+        result["wall_s"] = wall
+        if pid:
+            result["proxy_cpu_s"] = cpu_seconds(pid) - cpu0
+            result["proxy_peak_rss_mib"] = peak_rss_mib(pid)
+        if target.proc is not None and target.proc.poll() is not None:
+            result["errors"] += 1
+            result.setdefault("error_kinds", {})["proxy_died"] = 1
+    finally:
+        if spy is not None:
+            procs.stop(spy, signal.SIGINT, timeout=60)
+        if target.proc is not None:
+            procs.stop(target.proc, signal.SIGQUIT if target_name == "nginx" else signal.SIGTERM)
+    logged = target.log_tail()
+    if logged:
+        result["proxy_log"] = logged
+    result.update(scenario=scenario, target=target_name)
+    return result
+
+
+def start_profiler(procs: Procs, pid: int, out: Path) -> subprocess.Popen:
+    """py-spy (not a dependency: ``pip install py-spy``) on core 1, collapsed stacks to ``out``."""
+    spy = shutil.which("py-spy") or str(Path(PY).parent / "py-spy")
+    if not os.access(spy, os.X_OK):
+        raise SystemExit("bench: --profile needs py-spy (.venv/bin/pip install py-spy)")
+    proc = procs.start([*pin(1), spy, "record", "--pid", str(pid), "--rate", "250", "--format", "raw",
+                        *(["--native"] if os.environ.get("BENCH_PYSPY_NATIVE") else ["--nonblocking"]), "-o", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(1.0)  # attach before the load starts
+    return proc
+
+
+# ----------------------------------------------------------------------------- report
+
+def median_of(runs: list[dict[str, Any]], key: str) -> float | None:
+    values = [r[key] for r in runs if r.get(key) is not None]
+    return statistics.median(values) if values else None
+
+
+def summarize(runs: list[dict[str, Any]], scenarios: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    keys = ("rps", "lat_p50_ms", "lat_p99_ms", "ttft_p50_ms", "ttft_p99_ms", "total_p50_ms", "streams_per_s",
+            "streams", "proxy_cpu_s", "proxy_peak_rss_mib", "backend_cpu_s", "elapsed_s")
+    for s in scenarios:
+        out[s] = {}
+        for t in TARGETS:
+            rs = [r for r in runs if r["scenario"] == s and r["target"] == t]
+            if not rs:
+                continue
+            row = {k: median_of(rs, k) for k in keys}
+            row["errors"] = sum(r["errors"] for r in rs)
+            row["rounds"] = len(rs)
+            row["peak_rss_max_mib"] = max((r.get("proxy_peak_rss_mib") or 0) for r in rs) or None
+            out[s][t] = row
+    return out
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def verdicts(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each target of the issue: what is required, what was measured, held or missed."""
+    rows: list[dict[str, Any]] = []
+
+    def add(name: str, need: str, value: float | None, ok: bool | None, fmt: str = "{:.2f}") -> None:
+        rows.append({"target": name, "need": need, "measured": None if value is None else fmt.format(value),
+                     "holds": ok})
+
+    def get(s: str, t: str, k: str) -> float | None:
+        return summary.get(s, {}).get(t, {}).get(k)
+
+    if "S1" in summary:
+        r = _ratio(get("S1", "balancer", "rps"), get("S1", "nginx", "rps"))
+        add("S1 req/s vs nginx", f">= {S1_RPS_RATIO}x", r, None if r is None else r >= S1_RPS_RATIO, "{:.2f}x")
+    if "S2" in summary:
+        for key, lim, label in (("ttft_p50_ms", S2_TTFT50_RATIO, "S2 TTFT p50 vs nginx"),
+                                ("ttft_p99_ms", S2_TTFT99_RATIO, "S2 TTFT p99 vs nginx")):
+            r = _ratio(get("S2", "balancer", key), get("S2", "nginx", key))
+            add(label, f"<= {lim}x", r, None if r is None else r <= lim, "{:.2f}x")
+        r = _ratio(get("S2", "balancer", "streams_per_s"), get("S2", "nginx", "streams_per_s"))
+        add("S2 streams/s vs nginx", f">= {S2_SPS_RATIO}x", r, None if r is None else r >= S2_SPS_RATIO, "{:.2f}x")
+    for s, rss_lim in (("S3", S3_RSS_MIB), ("S4", S4_RSS_MIB)):
+        if s not in summary:
+            continue
+        e = get(s, "balancer", "errors")
+        add(f"{s} errors", "0", e, None if e is None else e == 0, "{:.0f}")
+        m = get(s, "balancer", "peak_rss_max_mib")
+        add(f"{s} peak RSS", f"<= {rss_lim:.0f} MiB", m, None if m is None else m <= rss_lim, "{:.1f} MiB")
+        if s == "S3":
+            r = _ratio(get(s, "balancer", "proxy_cpu_s"), get(s, "nginx", "proxy_cpu_s"))
+            add("S3 CPU vs nginx", f"<= {S3_CPU_RATIO}x", r, None if r is None else r <= S3_CPU_RATIO, "{:.2f}x")
+    return rows
+
+
+def _f(v: Any, spec: str = "{:.1f}") -> str:
+    return "-" if v is None else spec.format(v)
+
+
+def markdown(meta: dict[str, Any], summary: dict[str, Any], checks: list[dict[str, Any]]) -> str:
+    lines = [f"Run of {meta['date']} on {meta['machine']['summary']}; {meta['rounds']} round(s), "
+             "medians over rounds (errors: summed).", ""]
+    cols = {
+        "S1": [("req/s", "rps", "{:.0f}"), ("lat p50 ms", "lat_p50_ms", "{:.2f}"), ("lat p99 ms", "lat_p99_ms", "{:.2f}")],
+        "S2": [("TTFT p50 ms", "ttft_p50_ms", "{:.2f}"), ("TTFT p99 ms", "ttft_p99_ms", "{:.2f}"),
+               ("total p50 ms", "total_p50_ms", "{:.1f}"), ("streams/s", "streams_per_s", "{:.1f}")],
+        "S3": [("streams", "streams", "{:.0f}"), ("TTFT p50 ms", "ttft_p50_ms", "{:.1f}"),
+               ("TTFT p99 ms", "ttft_p99_ms", "{:.1f}"), ("total p50 s", "total_p50_ms", "{:.0f}")],
+    }
+    cols["S4"] = cols["S3"]
+    common = [("errors", "errors", "{:.0f}"), ("proxy CPU s", "proxy_cpu_s", "{:.2f}"),
+              ("proxy peak RSS MiB", "peak_rss_max_mib", "{:.1f}"), ("backend CPU s", "backend_cpu_s", "{:.2f}")]
+    for s, rows in summary.items():
+        p = meta["scenarios"][s]
+        lines.append(f"**{s}** — {describe(s, p)}")
+        lines.append("")
+        spec = cols[s] + common
+        lines.append("| target | " + " | ".join(c[0] for c in spec) + " |")
+        lines.append("|---" * (len(spec) + 1) + "|")
+        for t, row in rows.items():
+            cells = []
+            for _, key, fmt in spec:
+                v = row.get(key)
+                if key == "total_p50_ms" and s in ("S3", "S4") and v is not None:
+                    v = v / 1000
+                cells.append(_f(v, fmt))
+            lines.append(f"| {t} | " + " | ".join(cells) + " |")
+        bal, ngx = rows.get("balancer"), rows.get("nginx")
+        if bal and ngx:
+            ratio_keys = [c for c in cols[s] if c[1] not in ("streams",)] + [("proxy CPU s", "proxy_cpu_s", "")]
+            parts = [f"{label} {_f(_ratio(bal.get(k), ngx.get(k)), '{:.2f}')}x" for label, k, _ in ratio_keys]
+            lines.append(f"| balancer / nginx | " + "; ".join(parts) + " |" + " |" * (len(spec) - 1))
+        lines.append("")
+    lines.append("| target | need | measured | holds |")
+    lines.append("|---|---|---|---|")
+    for c in checks:
+        mark = "-" if c["holds"] is None else ("yes" if c["holds"] else "**MISS**")
+        lines.append(f"| {c['target']} | {c['need']} | {c['measured'] or '-'} | {mark} |")
+    if meta.get("notes"):
+        lines.append("")
+        lines.extend(f"Note: {n}" for n in meta["notes"])
+    return "\n".join(lines) + "\n"
+
+
+def describe(s: str, p: dict[str, Any]) -> str:
+    if p["kind"] == "wrk":
+        return f"non-streaming chat, wrk -t1 -c{p['conns']} -d{p['duration']:g}s"
+    if p["kind"] == "loop":
+        return (f"streaming chat, {p['concurrency']} concurrent for {p['duration']:g} s, "
+                f"{p['chunks']} chunks {p['delay_ms']:g} ms apart")
+    return (f"{p['concurrency']} concurrent streams ({p['procs']} generator processes, started over "
+            f"{p['ramp']:g} s), {p['chunks']} chunks {p['delay_ms']:g} ms apart")
+
+
+def machine_facts() -> dict[str, Any]:
+    def sh(cmd: list[str]) -> str:
+        try:
+            out = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
+            return (out.stdout + out.stderr).strip()
+        except (OSError, subprocess.SubprocessError):
+            return "?"
+    import aiohttp
+    try:
+        import uvloop
+        uv = uvloop.__version__
+    except ImportError:  # pragma: no cover
+        uv = None
+    lscpu = sh(["lscpu"]).splitlines()
+    model = next((ln.split(":", 1)[1].strip() for ln in lscpu if ln.startswith("Model name")), "?")
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    facts = {
+        "nproc": sh(["nproc"]), "cpu_model": model, "lscpu_head": lscpu[:15],
+        "kernel": platform.release(), "python": platform.python_version(), "aiohttp": aiohttp.__version__,
+        "uvloop": uv, "nginx": sh([nginx, "-v"]).replace("nginx version: ", ""),
+        "wrk": sh(["wrk", "-v"]).splitlines()[0] if shutil.which("wrk") else None,
+        "commit": sh(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"]),
+        "dirty": bool(sh(["git", "-C", str(ROOT), "status", "--porcelain", "--", "src"]).strip()),
+    }
+    facts["summary"] = (f"{facts['nproc']} x {model}, Linux {facts['kernel']}, Python {facts['python']}, "
+                        f"aiohttp {facts['aiohttp']}, uvloop {uv}, nginx {facts['nginx']}, commit {facts['commit']}"
+                        + (" (+ uncommitted src changes)" if facts["dirty"] else ""))
+    return facts
+
+
+BEGIN, END = "<!-- bench:results:begin -->", "<!-- bench:results:end -->"
+HBEGIN, HEND = "<!-- bench:history:begin -->", "<!-- bench:history:end -->"
+
+
+def update_doc(doc: Path, meta: dict[str, Any], table: str, checks: list[dict[str, Any]]) -> None:
+    """Replace the results block, add one history line (newest first, at most 10)."""
+    if doc.exists():
+        text = doc.read_text()
+    else:
+        text = f"# Performance\n\n## Latest run\n\n{BEGIN}\n{END}\n\n## History\n\n{HBEGIN}\n{HEND}\n"
+    facts = meta["machine"]
+    block = "\n".join([
+        BEGIN,
+        f"Command: `{meta['command']}`  ",
+        f"Date: {meta['date']}  ",
+        f"Machine: {facts['summary']}  ",
+        f"`lscpu | head`: {'; '.join(' '.join(ln.split()) for ln in facts['lscpu_head'][:10])}  ",
+        f"Pinning: proxy on core 0 (`taskset -c 0`), backend and load generators on core 1; "
+        f"RLIMIT_NOFILE {meta['nofile']}.",
+        "",
+        table.rstrip(),
+        END,
+    ])
+    if BEGIN in text and END in text:
+        head, rest = text.split(BEGIN, 1)
+        text = head + block + rest.split(END, 1)[1]
+    else:
+        text += "\n" + block + "\n"
+    held = [c for c in checks if c["holds"] is not None]
+    line = (f"- {meta['date']} ({facts['commit']}{'+' if facts['dirty'] else ''}): "
+            + "; ".join(f"{c['target']} {c['measured']}{'' if c['holds'] else ' MISS'}" for c in held))
+    if HBEGIN in text and HEND in text:
+        head, rest = text.split(HBEGIN, 1)
+        old, tail = rest.split(HEND, 1)
+        lines = [ln for ln in old.strip().splitlines() if ln.strip()]
+        text = head + HBEGIN + "\n" + "\n".join(([line] + lines)[:10]) + "\n" + HEND + tail
+    doc.write_text(text)
+
+
+# ----------------------------------------------------------------------------- main
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="bench/run", description="direct vs nginx vs llama-balancer")
+    ap.add_argument("--scenarios", default="S1,S2,S3,S4")
+    ap.add_argument("--targets", default=",".join(TARGETS))
+    ap.add_argument("--rounds", type=int, default=None, help="default 2 (1 with --smoke)")
+    ap.add_argument("--smoke", action="store_true", help="seconds-long run that checks the harness works")
+    ap.add_argument("--out", default=str(BENCH / "results"), help="folder for the JSON results")
+    ap.add_argument("--doc", default=None, help="markdown file to update (default docs/performance.md; "
+                                                "not with --smoke)")
+    ap.add_argument("--no-doc", action="store_true")
+    ap.add_argument("--s4-streams", type=int, default=None, help="override S4's concurrency")
+    ap.add_argument("--access-log", action="store_true",
+                    help="nginx and the balancer both write an access log to a file (default: both off)")
+    ap.add_argument("--profile", action="store_true",
+                    help="py-spy the balancer during each of its measurements (results folder, *.collapsed)")
+    args = ap.parse_args(argv)
+    scenarios = [s.strip().upper() for s in args.scenarios.split(",") if s.strip()]
+    targets = [t.strip() for t in args.targets.split(",") if t.strip()]
+    params = {s: dict((SMOKE if args.smoke else FULL)[s]) for s in scenarios}
+    rounds = args.rounds or (1 if args.smoke else 2)
+    notes: list[str] = []
+    nofile = raise_nofile()
+    if "S4" in params:
+        if args.s4_streams:
+            params["S4"]["concurrency"] = args.s4_streams
+        # A proxy holds two descriptors per stream (client + upstream) in one process.
+        most = (nofile - 200) // 2
+        if "direct" not in targets or len(targets) > 1:
+            if params["S4"]["concurrency"] > most:
+                notes.append(f"S4 ran {most} streams, not {params['S4']['concurrency']}: RLIMIT_NOFILE is "
+                             f"{nofile} here and cannot be raised (no CAP_SYS_RESOURCE); a single-process proxy "
+                             f"needs 2 descriptors per stream.")
+                params["S4"]["concurrency"] = most
+    if (os.cpu_count() or 1) < 2:
+        notes.append("fewer than 2 cores: nothing was pinned.")
+    for t in targets:
+        if t not in TARGETS:
+            raise SystemExit(f"bench: unknown target {t!r}")
+    if "nginx" in targets:
+        nginx_binary()
+    workdir = Path(tempfile.mkdtemp(prefix="llama-bench-"))
+    procs = Procs()
+    stamp = dt.datetime.now(dt.timezone.utc)
+    command = "bench/run" + ("" if argv is None and len(sys.argv) <= 1 else " " + " ".join(argv if argv is not None
+                                                                                         else sys.argv[1:]))
+    meta = {"date": stamp.strftime("%Y-%m-%d %H:%M UTC"), "command": command, "rounds": rounds,
+            "access_log": args.access_log,
+            "smoke": args.smoke, "scenarios": params, "targets": targets, "nofile": nofile, "notes": notes,
+            "machine": machine_facts()}
+    runs: list[dict[str, Any]] = []
+    backend_port = free_port()
+    try:
+        blog = open(workdir / "backend.log", "ab")
+        backend = procs.start([*pin(1), PY, str(BENCH / "backend.py"), "--port", str(backend_port)],
+                              stdout=blog, stderr=blog)
+        wait_port(backend_port, backend)
+        for s in scenarios:
+            for r in range(rounds):
+                order = targets if r % 2 == 0 else list(reversed(targets))  # interleave, alternate order
+                for t in order:
+                    print(f"[bench] {s} round {r + 1}/{rounds}: {t} ...", file=sys.stderr, flush=True)
+                    prof = (Path(args.out) / f"profile-{s}-r{r + 1}.collapsed") if args.profile else None
+                    if prof is not None:
+                        prof.parent.mkdir(parents=True, exist_ok=True)
+                    res = measure(s, params[s], t, procs, backend, backend_port, workdir, nofile, prof,
+                                  args.access_log)
+                    if prof is not None and t == "balancer" and prof.exists():
+                        from profile_top import summarise
+                        res["profile"] = str(prof)
+                        print(summarise(str(prof), 12), file=sys.stderr)
+                    res["round"] = r + 1
+                    runs.append(res)
+                    print(f"[bench]   {brief(res)}", file=sys.stderr, flush=True)
+                    time.sleep(0.1 if args.smoke else 2.0)  # let sockets settle between targets
+    finally:
+        procs.stop_all()
+    summary = summarize(runs, scenarios)
+    checks = verdicts(summary)
+    table = markdown(meta, summary, checks)
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    name = ("smoke-" if args.smoke else "run-") + stamp.strftime("%Y%m%dT%H%M%SZ") + ".json"
+    result = {"meta": meta, "runs": [{k: v for k, v in r.items()} for r in runs], "summary": summary,
+              "checks": checks}
+    (out_dir / name).write_text(json.dumps(result, indent=1))
+    (out_dir / ("latest-smoke.json" if args.smoke else "latest.json")).write_text(json.dumps(result, indent=1))
+    print(table)
+    print(f"[bench] results: {out_dir / name}", file=sys.stderr)
+    if not args.no_doc and (args.doc or not args.smoke):
+        update_doc(Path(args.doc or ROOT / "docs" / "performance.md"), meta, table, checks)
+        print(f"[bench] updated {args.doc or 'docs/performance.md'}", file=sys.stderr)
+    shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+def brief(r: dict[str, Any]) -> str:
+    keys = ("rps", "ttft_p50_ms", "ttft_p99_ms", "streams_per_s", "streams", "errors", "proxy_cpu_s",
+            "proxy_peak_rss_mib", "backend_cpu_s")
+    return " ".join(f"{k}={r[k]:.2f}" if isinstance(r.get(k), float) else f"{k}={r.get(k)}"
+                    for k in keys if k in r) + (f" kinds={r['error_kinds']}" if r.get("error_kinds") else "") \
+        + (f" log={r['proxy_log']}" if r.get("proxy_log") else "")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
