@@ -96,6 +96,8 @@ async def test_a_backend_dropping_mid_response_aborts_the_client_and_frees_the_s
         async with http.post(runtime.url + CHAT, json=body) as response:
             await response.read()
     await assert_nothing_in_flight(http, runtime)
+    async with http.get(runtime.url + "/metrics") as response:
+        assert 'status="upstream_error"} 1.0' in await response.text()
 
 
 async def test_an_idle_timeout_on_a_stalled_backend_gets_504(sims, balancer, http):

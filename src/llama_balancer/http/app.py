@@ -6,15 +6,14 @@ from aiohttp import web
 from .admin import (handle_access_stats, handle_favicon, handle_llmhealth, handle_metrics, handle_models,
                     handle_monitor, handle_reload, handle_snapshot)
 from .context import CONTEXT, AppContext
-from .errors import error_middleware
-from .guards import auth_middleware, request_id_middleware, target_guard_middleware
+from .guards import front_middleware
 from .proxy import handle_proxy
 from .routed import MODEL_OPTIONAL, MODEL_REQUIRED, handle_routed
 
 
 def build_app(ctx: AppContext) -> web.Application:
     # Body limits are enforced per handler (413 as OpenAI JSON), so aiohttp's own cap is off.
-    app = web.Application(middlewares=[request_id_middleware, target_guard_middleware, auth_middleware, error_middleware], client_max_size=0)
+    app = web.Application(middlewares=[front_middleware], client_max_size=0)
     app[CONTEXT] = ctx
     router = app.router
     router.add_get("/llmhealth", handle_llmhealth)

@@ -44,8 +44,6 @@ class AppContext:
 
 
 CONTEXT: web.AppKey[AppContext] = web.AppKey("llama_balancer_context", AppContext)
-# Set once response headers went to the client: after that an error can only abort.
-RESPONSE_STARTED: web.RequestKey[bool] = web.RequestKey("response_started", bool)
 REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id", str)
 
 

@@ -8,7 +8,6 @@ import orjson
 from aiohttp import web
 
 from ..core.errors import BalancerError
-from .context import RESPONSE_STARTED
 
 log = logging.getLogger("llama_balancer.http")
 
@@ -28,21 +27,21 @@ _HTTP_TYPES = {404: ("not_found_error", "not_found"), 405: ("invalid_request_err
                413: ("invalid_request_error", "payload_too_large")}
 
 
-@web.middleware
-async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+async def answer_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Run ``handler``; whatever it raises leaves as OpenAI-style JSON, never a traceback."""
     try:
         return await handler(request)
     except BalancerError as exc:
-        if request.get(RESPONSE_STARTED):
-            raise
         return from_balancer_error(exc)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
         type_, code = _HTTP_TYPES.get(exc.status, ("invalid_request_error", f"http_{exc.status}"))
         return error_response(exc.status, exc.reason, type_, code)
-    except (ConnectionResetError, ConnectionError):
-        raise  # the client went away; nothing to answer
+    except ConnectionError:
+        # The client went away (its answer cannot be written): nobody reads this one, and
+        # aiohttp ends the connection quietly instead of logging a traceback.
+        return web.Response(status=499)
     except Exception:
         log.exception("unexpected error on %s %s", request.method, request.path)
         return error_response(500, "internal error in llama-balancer", "server_error", "internal_error")

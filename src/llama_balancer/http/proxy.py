@@ -7,7 +7,7 @@ from aiohttp import web
 
 from ..core.errors import PayloadTooLarge
 from ..io.forward import relay_response
-from .context import RESPONSE_STARTED, context_of
+from .context import context_of
 from .recording import begin_exchange, finish_exchange
 from .upstream_headers import headers_for
 
@@ -27,7 +27,6 @@ async def handle_proxy(request: web.Request) -> web.StreamResponse:
         data = _limited_body(request, limit) if request.body_exists else None
         async with ctx.client.open(request.method, server.model_base + request.path_qs, headers=headers,
                                    data=data, server=config.fallback) as upstream:
-            request[RESPONSE_STARTED] = True
             return await relay_response(request, upstream, config.fallback, ex)
     except BaseException as exc:
         error = exc

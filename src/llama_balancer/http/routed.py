@@ -20,7 +20,7 @@ from ..core.rewrite import apply_rewrites
 from ..io.forward import relay_response
 from ..state.exchange import Exchange
 from .body import model_of, parse_payload, read_limited
-from .context import RESPONSE_STARTED, AppContext, context_of
+from .context import AppContext, context_of
 from .decide import Resolved, obtain
 from .recording import begin_exchange, finish_exchange
 from .upstream_headers import headers_for
@@ -158,10 +158,9 @@ async def _send(ctx: AppContext, request: web.Request, ex: Exchange, server: Ser
                 ctx.registry.record_success(name)
                 if resolved is not None:
                     ctx.sticky.bind(ex.identity, ex.ip, resolved.requested, name, instance)
-                request[RESPONSE_STARTED] = True
                 return await relay_response(request, upstream, name, ex)
         except UpstreamError as exc:
-            if request.get(RESPONSE_STARTED) or last_try:
+            if last_try:
                 raise
             raise RetryElsewhere(name, exc.kind, exc) from None
         finally:

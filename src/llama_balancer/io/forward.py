@@ -13,7 +13,6 @@ import time
 import aiohttp
 from aiohttp import web
 
-from ..core.errors import UpstreamError
 from ..core.usage import TAIL_BYTES
 from ..state.exchange import Exchange
 from .headers import client_response_headers
@@ -36,9 +35,9 @@ async def relay_response(request: web.Request, upstream: aiohttp.ClientResponse,
     response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
     if upstream.headers.get("Content-Length") is None and _may_have_body(request, upstream):
         response.enable_chunked_encoding()
-    await response.prepare(request)
-    pump = _relay_plain(upstream, response) if exchange is None else _relay_observed(upstream, response, exchange)
     try:
+        await response.prepare(request)
+        pump = _relay_plain(upstream, response) if exchange is None else _relay_observed(upstream, response, exchange)
         if response.chunked:
             # A stream wakes its reader once per chunk. In a task of its own each wake-up
             # resumes two frames instead of the handler's whole chain (middlewares, routing,
@@ -47,13 +46,26 @@ async def relay_response(request: web.Request, upstream: aiohttp.ClientResponse,
             await asyncio.ensure_future(pump)
         else:
             await pump
+        await response.write_eof()
     except (aiohttp.ClientError, ConnectionError, TimeoutError) as exc:
-        error = map_error(exc, str(upstream.url), server)
-        log.warning("stream from %s broke off: %s", server, error)
-        _abort_client(request)
-        raise UpstreamStreamBroken(str(error), kind=getattr(error, "kind", "reset"), server=server) from None
-    await response.write_eof()
+        _broken(request, upstream, server, exchange, exc)
+    # After a failure the connection is closed; aiohttp's own write_eof then ends quietly.
     return response
+
+
+def _broken(request: web.Request, upstream: aiohttp.ClientResponse, server: str,
+            exchange: Exchange | None, exc: BaseException) -> None:
+    """The answer started and cannot finish: whoever went away, the client's connection ends
+    without a proper end of body, so no truncated answer ever looks complete."""
+    transport = request.transport
+    if transport is None or transport.is_closing():
+        outcome = "client_closed"
+    else:
+        outcome = "upstream_error"
+        log.warning("answer from %s broke off: %s", server, map_error(exc, str(upstream.url), server))
+        transport.abort()
+    if exchange is not None:
+        exchange.outcome = outcome
 
 
 async def _relay_plain(upstream: aiohttp.ClientResponse, response: web.StreamResponse) -> None:
@@ -74,16 +86,6 @@ async def _relay_observed(upstream: aiohttp.ClientResponse, response: web.Stream
         while kept - len(tail[0]) >= TAIL_BYTES:
             kept -= len(tail.pop(0))
         await response.write(chunk)
-
-
-class UpstreamStreamBroken(UpstreamError):
-    """The backend broke off after bytes went to the client; the client connection is aborted."""
-
-
-def _abort_client(request: web.Request) -> None:
-    transport = request.transport
-    if transport is not None:
-        transport.abort()
 
 
 def _may_have_body(request: web.Request, upstream: aiohttp.ClientResponse) -> bool:

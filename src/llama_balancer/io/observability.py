@@ -9,7 +9,7 @@ import logging
 import logging.handlers
 import queue
 import sys
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 import orjson
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -42,21 +42,31 @@ class Metrics:
         self.failovers = Counter("llama_balancer_failovers", "Requests that succeeded elsewhere after a failure.",
                                  ["from_server", "to_server"], registry=self.prom)
         self.prom.register(_StateCollector(registry, extra_gauges))
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
 
     def observe(self, ex: Exchange) -> None:
         server = ex.server or "(none)"
-        status = str(ex.status) if ex.status is not None else ex.outcome
+        # A broken or abandoned answer counts as its outcome, not as the status it began with.
+        status = str(ex.status) if ex.status is not None and ex.outcome in ("completed", "rejected") else ex.outcome
         instance = ex.instance or "" if ex.model_label != "(other)" else "(other)"
-        self.requests.labels(ex.model_label, server, instance, ex.endpoint_label, status).inc()
+        self._child(self.requests, ex.model_label, server, instance, ex.endpoint_label, status).inc()
         if ex.duration_s is not None:
-            self.duration.labels(ex.model_label, server, ex.endpoint_label).observe(ex.duration_s)
+            self._child(self.duration, ex.model_label, server, ex.endpoint_label).observe(ex.duration_s)
         if ex.ttft_s is not None:
-            self.ttft.labels(ex.model_label, server, ex.endpoint_label).observe(ex.ttft_s)
+            self._child(self.ttft, ex.model_label, server, ex.endpoint_label).observe(ex.ttft_s)
         if ex.usage is not None:
             if ex.usage.prompt_tokens:
-                self.prompt_tokens.labels(ex.model_label, server).inc(ex.usage.prompt_tokens)
+                self._child(self.prompt_tokens, ex.model_label, server).inc(ex.usage.prompt_tokens)
             if ex.usage.completion_tokens:
-                self.completion_tokens.labels(ex.model_label, server).inc(ex.usage.completion_tokens)
+                self._child(self.completion_tokens, ex.model_label, server).inc(ex.usage.completion_tokens)
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        """``metric.labels(...)`` costs a lock and a few dict lookups; this is one lookup."""
+        key = (id(metric), labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
     def exposition(self) -> bytes:
         return generate_latest(self.prom)
