@@ -48,6 +48,11 @@ async def test_a_request_waits_in_the_queue_until_capacity_frees(one_slot, http)
     await wait_until(lambda: len(runtime.context.queue) == 1)
     snap = await snapshot(http, runtime)
     assert snap["queue"]["length"] == 1 and snap["queue"]["waiting_by_model"] == {MODEL: 1}
+    assert snap["backends"]["PC1"]["queue"] == 1
+    async with http.get(runtime.url + "/metrics") as response:
+        text = await response.text()
+    assert 'llama_balancer_queued_requests_by_server{server="PC1"} 1.0' in text
+    assert 'llama_balancer_queued_requests{model="m"} 1.0' in text
     assert (await holder).status == 200
     assert (await waiter).status == 200
     recent = runtime.context.stats.summary()["recent"]

@@ -66,9 +66,10 @@ async def test_cancelling_a_waiter_inside_async_with_removes_its_ticket():
 def test_snapshot_counts_waiters_by_model_and_the_oldest_wait():
     now = [10.0]
     queue = WaitQueue(5, lambda: now[0])
-    queue.ticket("a", "m")
+    queue.ticket("a", "m", ("PC1", "PC2"))
     now[0] = 12.5
-    queue.ticket("b", "n")
-    queue.ticket("b", "m")
+    queue.ticket("b", "n", ("PC2",))
+    queue.ticket("b", "m", ("PC1", "PC2"))
     snap = queue.snapshot()
-    assert snap == {"length": 3, "max": 5, "waiting_by_model": {"m": 2, "n": 1}, "identities": 2, "oldest_wait_s": 2.5}
+    assert snap == {"length": 3, "max": 5, "waiting_by_model": {"m": 2, "n": 1},
+                    "waiting_by_server": {"PC1": 2, "PC2": 3}, "identities": 2, "oldest_wait_s": 2.5}

@@ -31,9 +31,13 @@ async def handle_snapshot(request: web.Request) -> web.Response:
     ctx = context_of(request)
     config = ctx.config
     sticky = ctx.sticky.entries()
+    queue = ctx.queue.snapshot()
+    backends = ctx.registry.snapshot()
+    for name, backend in backends.items():
+        backend["queue"] = queue["waiting_by_server"].get(name, 0)
     return json_response({
         "local": local_report(ctx),
-        "backends": ctx.registry.snapshot(),
+        "backends": backends,
         "servers": {
             name: {"health_base": s.health_base, "model_base": s.model_base,
                    **({"request_max": s.request_max} if s.request_max is not None else {})}
@@ -45,7 +49,7 @@ async def handle_snapshot(request: web.Request) -> web.Response:
         "sticky": sticky,
         "inflight_total": ctx.registry.total_inflight(),
         "routing": {"policy": config.balancer.routing.policy},
-        "queue": ctx.queue.snapshot(),
+        "queue": queue,
         "affinity": ctx.affinity.snapshot(),
         "decisions": ctx.stats.decisions(),
         "config": ctx.info,

@@ -46,7 +46,7 @@ async def obtain(ctx: AppContext, ex: Exchange, resolved: Resolved, excluded: se
             if not isinstance(decision, Queue):
                 raise NoBackend(f"{decision.message}: {resolved.requested!r}")
             if ticket is None:
-                ticket = _enqueue(ctx, ex, resolved.requested, routing.queue_max)
+                ticket = _enqueue(ctx, ex, resolved, routing.queue_max, excluded)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise QueueTimeout(f"every backend for {resolved.requested!r} stayed full for "
@@ -58,9 +58,10 @@ async def obtain(ctx: AppContext, ex: Exchange, resolved: Resolved, excluded: se
             await ticket.__aexit__(None, None, None)
 
 
-def _enqueue(ctx: AppContext, ex: Exchange, model: str, queue_max: int) -> Ticket:
+def _enqueue(ctx: AppContext, ex: Exchange, resolved: Resolved, queue_max: int, excluded: set[str]) -> Ticket:
+    servers = tuple(name for name in resolved.candidates or () if name not in excluded)
     try:
-        return ctx.queue.ticket(ex.identity, model)
+        return ctx.queue.ticket(ex.identity, resolved.requested, servers)
     except QueueFull:
         raise QueueFullError(f"too many requests waiting ({queue_max}); try again shortly",
                              headers={"Retry-After": "1"}) from None

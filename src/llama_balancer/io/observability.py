@@ -95,12 +95,18 @@ class _StateCollector(Collector):
 
 
 def queue_gauges(queue: WaitQueue) -> Iterable[GaugeMetricFamily]:
-    """Requests waiting for a free backend, per model, and the longest wait so far."""
+    """Requests waiting for a free backend, per model and per server they wait for (one
+    request may wait for several servers), and the longest wait so far."""
     state = queue.snapshot()
     waiting = GaugeMetricFamily("llama_balancer_queued_requests", "Requests waiting in the queue.", labels=["model"])
     for model, count in state["waiting_by_model"].items():
         waiting.add_metric([model], count)
     yield waiting
+    per_server = GaugeMetricFamily("llama_balancer_queued_requests_by_server",
+                                   "Queued requests that may go to this server.", labels=["server"])
+    for server, count in state["waiting_by_server"].items():
+        per_server.add_metric([server], count)
+    yield per_server
     yield GaugeMetricFamily("llama_balancer_queue_oldest_wait_seconds", "Longest current wait.",
                             value=state["oldest_wait_s"])
 

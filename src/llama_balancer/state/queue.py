@@ -16,11 +16,13 @@ class QueueFull(Exception):
 
 
 class Ticket:
-    __slots__ = ("identity", "model", "enqueued", "_event", "_queue")
+    __slots__ = ("identity", "model", "servers", "enqueued", "_event", "_queue")
 
-    def __init__(self, queue: "WaitQueue", identity: str, model: str, enqueued: float) -> None:
+    def __init__(self, queue: "WaitQueue", identity: str, model: str, enqueued: float,
+                 servers: tuple[str, ...] = ()) -> None:
         self.identity = identity
         self.model = model
+        self.servers = servers  # where it may go: it waits for any of them
         self.enqueued = enqueued
         self._event = asyncio.Event()
         self._queue = queue
@@ -54,11 +56,11 @@ class WaitQueue:
     def __len__(self) -> int:
         return self._size
 
-    def ticket(self, identity: str, model: str) -> Ticket:
+    def ticket(self, identity: str, model: str, servers: tuple[str, ...] = ()) -> Ticket:
         """A place in the queue (use as ``async with``), or QueueFull."""
         if self._size >= self.max_size:
             raise QueueFull(f"the wait queue is full ({self.max_size} requests)")
-        ticket = Ticket(self, identity, model, self._now())
+        ticket = Ticket(self, identity, model, self._now(), servers)
         self._by_identity.setdefault(identity, deque()).append(ticket)
         self._size += 1
         return ticket
@@ -81,13 +83,17 @@ class WaitQueue:
     def snapshot(self) -> dict[str, Any]:
         now = self._now()
         waiting: dict[str, int] = {}
+        by_server: dict[str, int] = {}
         oldest = 0.0
         for lane in self._by_identity.values():
             for ticket in lane:
                 waiting[ticket.model] = waiting.get(ticket.model, 0) + 1
+                for server in ticket.servers:
+                    by_server[server] = by_server.get(server, 0) + 1
                 oldest = max(oldest, now - ticket.enqueued)
         return {"length": self._size, "max": self.max_size, "waiting_by_model": waiting,
-                "identities": len(self._by_identity), "oldest_wait_s": round(oldest, 3)}
+                "waiting_by_server": by_server, "identities": len(self._by_identity),
+                "oldest_wait_s": round(oldest, 3)}
 
     def _remove(self, ticket: Ticket) -> None:
         lane = self._by_identity.get(ticket.identity)
