@@ -155,8 +155,8 @@ def _x(value: float | None) -> str:
 def workload_table(policies: dict[str, dict[str, Any]]) -> str:
     rr, ll = policies.get("round-robin"), policies.get("least-loaded")
     head = ("| policy | turns | hit ratio | vs RR | vs LIF | TTFT p50 ms | vs RR | vs LIF | TTFT p99 ms "
-            "| turns/s | vs RR | vs LIF | errors | turns per backend |")
-    lines = [head, "|" + "---|" * 14]
+            "| queued p50 ms | turns/s | vs RR | vs LIF | errors | turns per backend |")
+    lines = [head, "|" + "---|" * 15]
     for policy, s in policies.items():
         def rel(key: str, base: dict[str, Any] | None) -> str:
             if base is None or s.get(key) is None or not base.get(key):
@@ -167,15 +167,16 @@ def workload_table(policies: dict[str, dict[str, Any]]) -> str:
         lines.append(
             f"| {POLICY_LABELS.get(policy, policy)} | {s['turns']} | {_pct(s['hit_ratio'])} | {rel('hit_ratio', rr)} "
             f"| {rel('hit_ratio', ll)} | {_num(s['ttft_p50_ms'])} | {rel('ttft_p50_ms', rr)} | {rel('ttft_p50_ms', ll)} "
-            f"| {_num(s['ttft_p99_ms'])} | {_num(s['turns_per_s'], '{:.2f}')} | {rel('turns_per_s', rr)} "
+            f"| {_num(s['ttft_p99_ms'])} | {_num(s.get('queue_wait_p50_ms'))} "
+            f"| {_num(s['turns_per_s'], '{:.2f}')} | {rel('turns_per_s', rr)} "
             f"| {rel('turns_per_s', ll)} | {s['errors']} | {servers} |")
     ours = policies.get("cache-aware") or next(iter(policies.values()))
     lines.append(f"| upper bound (whole previous prompt + reply cached) | — | {_pct(ours['bound_ratio'])} "
                  f"| {_x(_ratio(ours['bound_ratio'], rr['hit_ratio'])) if rr and rr['hit_ratio'] else '—'} "
                  f"| {_x(_ratio(ours['bound_ratio'], ll['hit_ratio'])) if ll and ll['hit_ratio'] else '—'} "
-                 "| — | — | — | — | — | — | — | — | — |")
+                 "| — | — | — | — | — | — | — | — | — | — |")
     lines.append(f"| sim-reachable bound (previous prompt cached, reply not) | — | {_pct(ours['sim_bound_ratio'])} "
-                 "| — | — | — | — | — | — | — | — | — | — | — |")
+                 "| — | — | — | — | — | — | — | — | — | — | — | — |")
     return "\n".join(lines)
 
 

@@ -1,6 +1,6 @@
 """One command for the routing-quality bench.
 
-    .venv/bin/python -m bench.routing.run                 # W1-W3 x 4 policies (~8 min), updates docs/routing.md
+    .venv/bin/python -m bench.routing.run                 # W1-W3 x 4 policies (~9 min), updates docs/routing.md
     .venv/bin/python -m bench.routing.run --workloads W2 --policies round-robin,cache-aware --duration 20
     .venv/bin/python -m bench.routing.run --smoke         # seconds-long check that the bench works (CI)
 
@@ -65,6 +65,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "to measure a proposed change without installing it; not with --smoke/--inprocess")
     p.add_argument("--out", type=Path, default=RESULTS, help="where the JSON results go")
     p.add_argument("--no-doc", action="store_true", help="do not update docs/routing.md")
+    p.add_argument("--render", type=Path, default=None, metavar="JSON",
+                   help="run nothing: rewrite docs/routing.md's results from a saved results file")
     ns = p.parse_args(argv)
     if ns.balancer_src is not None and (ns.smoke or ns.inprocess):
         p.error("--balancer-src needs the balancer in its own process (not --smoke or --inprocess)")
@@ -121,7 +123,10 @@ async def run_one(workload_name: str, policy: str, ns: argparse.Namespace, workd
                      balancer=ns.balancer_overrides, balancer_src=ns.balancer_src) as stack:
         result = await run_clients(stack.url, scripts)
         access_log = stack.access_log
+        source = stack.balancer_source
         slots = await stack.slot_log() if ns.diagnose else {}
+    if ns.balancer_src is not None and not str(source or "").startswith(str(ns.balancer_src.resolve())):
+        raise SystemExit(f"--balancer-src {ns.balancer_src}: the balancer ran {source} instead")
     turns = [t.to_json() for t in result.turns]
     logged = report.read_access_log(access_log)
     for turn in turns:
@@ -129,7 +134,8 @@ async def run_one(workload_name: str, policy: str, ns: argparse.Namespace, workd
         turn.update(reason=entry.get("reason"), queue_wait_ms=entry.get("queue_wait_ms"))
         turn.update(slots.get((turn["conversation"], turn["turn"]), {}))
     summary = report.summarize(turns, result.errors, wl.duration_s, result.elapsed_s)
-    return {"summary": summary, "turns": turns, "errors": result.errors, "workload": wl.to_json()}
+    return {"summary": summary, "turns": turns, "errors": result.errors, "workload": wl.to_json(),
+            "balancer_source": source}
 
 
 def _machine() -> str:
@@ -198,9 +204,20 @@ def _f(v: float | None, fmt: str = "{:.0f}") -> str:
     return "—" if v is None else fmt.format(v)
 
 
+def render_saved(path: Path) -> int:
+    saved = json.loads(path.read_text())
+    markdown = report.render(saved["meta"], saved["workloads"], saved["results"], report.verdicts(saved["results"]))
+    print(markdown)
+    report.update_doc(DOC, markdown, DOC_TEMPLATE)
+    print(f"\nupdated {DOC.relative_to(ROOT)} from {path}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     ns = parse_args(argv)
+    if ns.render is not None:
+        return render_saved(ns.render)
     coro = main_async(ns, argv)
     try:
         import uvloop
