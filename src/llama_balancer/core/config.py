@@ -70,6 +70,9 @@ class RoutingOptions(BaseModel):
     poll_max_age_s: float = Field(3.0, gt=0)  # polled load older than this is ignored
     queue_max: int = Field(256, ge=0)
     queue_timeout_s: float = Field(60.0, gt=0)
+    # For this long after it queued, a request offered a place that holds less of its prompt
+    # than of another waiting request's lets that one go first (0: strict fair order).
+    queue_cache_wait_s: float = Field(2.0, ge=0)
     max_retries: int = Field(2, ge=0)
     retry_statuses: list[int] = Field(default_factory=lambda: [502, 503, 504])
     circuit_failures: int = Field(3, ge=1)  # consecutive failures that open the circuit

@@ -58,6 +58,7 @@ class Target:
     match_chars: int = 0  # prompt chars whose prefix this target has recently seen
     idle_slots: tuple[int, ...] = ()  # llama-server slot ids known idle
     slot_match: Mapping[int, int] = field(default_factory=dict)  # slot id -> matched chars
+    slot_cached: Mapping[int, int] = field(default_factory=dict)  # idle slot id -> chars it holds (ours)
 
     @property
     def full(self) -> bool:
@@ -126,6 +127,10 @@ def place(
     floor = min(t.load for t in open_)
     fair = [t for t in open_ if not overloaded(t.load, floor, knobs)]
     threshold = match_threshold(prompt_chars, knobs)
+    if knobs.pin_slots:
+        slotted = _slot_placement(fair, sticky, threshold, knobs)
+        if slotted is not None:
+            return slotted
     best = min(fair, key=lambda t: (-t.match_chars, t.load, t.order))
     meaningful = best.match_chars >= threshold
     bound = _sticky_target(fair, sticky)
@@ -173,6 +178,41 @@ def pick_slot(target: Target, threshold: int) -> int | None:
     if unused:
         return min(unused)
     return min(idle, key=lambda slot: (target.slot_match[slot], slot))
+
+
+def _slot_placement(fair: list[Target], sticky: tuple[str, str] | None, threshold: int,
+                    knobs: PlacementKnobs) -> Place | None:
+    """Where slots are known: an idle slot this prompt continues, else a slot nobody uses.
+
+    A prompt *continues* a slot when it matches all the slot holds but for
+    ``sticky_margin_chars``: its own conversation, one turn on. Pinning any other slot that
+    we filled overwrites someone's longer prompt, which they will miss next turn and take
+    back from us; two conversations sharing a slot then evict each other every turn. So a
+    slot we never pinned, anywhere, comes before a merely shared prefix (a system prompt)
+    in a slot someone else fills. None: no such slot, the rules below decide.
+    """
+    best: tuple[tuple[int, int, int], Target, int] | None = None
+    for target in fair:
+        for slot in target.idle_slots:
+            matched = target.slot_match.get(slot, 0)
+            held = target.slot_cached.get(slot)
+            if slot >= 0 and held is not None and matched >= threshold and held - matched <= knobs.sticky_margin_chars:
+                key = (-matched, target.load, target.order)
+                if best is None or key < best[0]:
+                    best = (key, target, slot)
+    if best is not None:
+        _, target, slot = best
+        reason: Reason = "sticky" if (target.server, target.instance) == sticky else "prefix"
+        return Place(target.server, target.instance, reason, slot, target.match_chars)
+    unused = [(target, min(fresh)) for target in fair
+              if (fresh := [s for s in target.idle_slots if s >= 0 and s not in target.slot_match
+                            and s not in target.slot_cached])]
+    if unused:  # the identity's own server first, then the least loaded
+        target, slot = min(unused, key=lambda pair: ((pair[0].server, pair[0].instance) != sticky, pair[0].load,
+                                                     -pair[0].match_chars, pair[0].order))
+        reason = "sticky" if (target.server, target.instance) == sticky else "least-loaded"
+        return Place(target.server, target.instance, reason, slot, target.match_chars)
+    return None
 
 
 def _sticky_target(fair: list[Target], sticky: tuple[str, str] | None) -> Target | None:

@@ -252,21 +252,29 @@ def vllm_load(metrics: VllmMetrics | None) -> BackendLoad | None:
 
 
 def fuse_load(
-    own_inflight: int, polled: BackendLoad | None, polled_age_s: float, max_age_s: float
+    own_inflight: int, polled: BackendLoad | None, polled_age_s: float, max_age_s: float,
+    own_at_poll: int | None = None,
 ) -> int:
-    """The load to balance on: ``max(own in-flight, polled running + waiting)`` while the
-    poll is at most ``max_age_s`` old, else own in-flight alone.
+    """The load to balance on, while the poll is at most ``max_age_s`` old: with
+    ``own_at_poll`` (our in-flight count when the poll was answered), own in-flight now plus
+    what the poll saw beyond that; without it, ``max(own in-flight, polled running +
+    waiting)``. A stale poll gives own in-flight alone.
 
-    Own counts see our requests the instant they start but not other clients (another
-    replica, someone calling the server directly); the poll sees everyone but a second
-    late. The larger of the two is right in both cases; a stale poll is ignored so that a
-    dead poller cannot pin a backend as loaded forever. ``polled`` must cover the same
-    scope as ``own_inflight`` (the same server x instance).
+    Own counts see our requests the instant they start and end but not other clients
+    (another replica, someone calling the server directly); the poll sees everyone but a
+    second late. ``max`` counts our requests that ended since the poll as still running
+    until the next one, so a server looks full for up to a poll interval after its slots
+    freed; subtracting our share of the poll keeps the others' load and drops that lag.
+    A stale poll is ignored so that a dead poller cannot pin a backend as loaded forever.
+    ``polled`` must cover the same scope as ``own_inflight`` (the same server x instance).
     """
     own = max(own_inflight, 0)
     if polled is None or not polled_age_s <= max_age_s:  # NaN age counts as stale
         return own
-    return max(own, max(polled.running, 0) + max(polled.waiting, 0))
+    seen = max(polled.running, 0) + max(polled.waiting, 0)
+    if own_at_poll is None:
+        return max(own, seen)
+    return own + max(seen - max(own_at_poll, 0), 0)
 
 
 def free_capacity(

@@ -9,7 +9,7 @@ from typing import Any
 from ..core.baselines import least_loaded, round_robin
 from ..core.config import Config
 from ..core.errors import NoBackend, QueueFullError, QueueTimeout
-from ..core.placement import Decision, Place, Queue, Reject, place
+from ..core.placement import Decision, Place, Queue, Reject, match_threshold, place
 from ..core.prefix import Fingerprint
 from ..core.routing import Route, choose_route
 from ..state.exchange import Exchange
@@ -42,7 +42,9 @@ async def obtain(ctx: AppContext, ex: Exchange, resolved: Resolved, excluded: se
         while True:
             decision = decide(ctx, ex, resolved, excluded)
             if isinstance(decision, Place):
-                return decision
+                if ticket is None or not _better_waiter(ctx, ticket, decision, resolved):
+                    return decision
+                decision = Queue("a waiting request has this prompt cached there")
             if not isinstance(decision, Queue):
                 raise NoBackend(f"{decision.message}: {resolved.requested!r}")
             if ticket is None:
@@ -58,10 +60,41 @@ async def obtain(ctx: AppContext, ex: Exchange, resolved: Resolved, excluded: se
             await ticket.__aexit__(None, None, None)
 
 
+def _better_waiter(ctx: AppContext, ticket: Ticket, placed: Place, resolved: Resolved) -> bool:
+    """Whether another waiting request should take this place instead: one whose prompt the
+    offered slot (else server) holds meaningfully more of than ours, while ours has waited
+    less than ``queue_cache_wait_s``. Fair order still decides among equals, and a request
+    that has waited that long takes what it is offered.
+
+    Under load every slot that frees is offered to the queue; taken in fair order, a slot
+    whose cache holds one system prompt goes to whoever is first, whatever their prompt.
+    Letting the waiter it fits go first turns most of those refills into cache hits
+    (SGLang's scheduler orders its waiting queue by longest prefix match for the same reason).
+    """
+    routing = ctx.config.balancer.routing
+    if routing.policy != "cache-aware" or ctx.clock.monotonic() - ticket.enqueued >= routing.queue_cache_wait_s:
+        return False
+    knobs = routing.knobs()
+
+    def cached(fp: Fingerprint) -> int:
+        if placed.id_slot is not None:
+            return ctx.affinity.slot_match(placed.server, (placed.id_slot,), fp).get(placed.id_slot, 0)
+        return ctx.affinity.match_chars(placed.server, placed.instance, fp)
+
+    ours = cached(resolved.fingerprint)
+    for other in ctx.queue.waiting(ticket.model):
+        if other is ticket or other.fingerprint is None or placed.server not in other.servers:
+            continue
+        theirs = cached(other.fingerprint)
+        if theirs >= match_threshold(other.fingerprint.chars, knobs) and theirs > ours + knobs.sticky_margin_chars:
+            return True
+    return False
+
+
 def _enqueue(ctx: AppContext, ex: Exchange, resolved: Resolved, queue_max: int, excluded: set[str]) -> Ticket:
     servers = tuple(name for name in resolved.candidates or () if name not in excluded)
     try:
-        return ctx.queue.ticket(ex.identity, resolved.requested, servers)
+        return ctx.queue.ticket(ex.identity, resolved.requested, servers, resolved.fingerprint)
     except QueueFull:
         raise QueueFullError(f"too many requests waiting ({queue_max}); try again shortly",
                              headers={"Retry-After": "1"}) from None

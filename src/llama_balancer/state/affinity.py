@@ -35,13 +35,18 @@ class AffinityStore:
         self.entries = entries_per_target
         self._targets: dict[tuple[str, str], _Lru] = {}
         self._slots: dict[tuple[str, int], _Lru] = {}
+        self._slot_chars: dict[tuple[str, int], int] = {}  # chars of the prompt a slot holds
 
     def record(self, server: str, instance: str, slot: int | None, fp: Fingerprint) -> None:
         if not fp.hashes:
             return
         self._lru(self._targets, (server, instance)).add_all(fp.hashes)
         if slot is not None:
-            self._lru(self._slots, (server, slot)).add_all(fp.hashes)
+            # A llama-server slot keeps the KV cache of its last prompt only: this prompt
+            # replaces whatever the slot was known to hold.
+            lru = self._slots[(server, slot)] = _Lru(self.entries)
+            lru.add_all(fp.hashes)
+            self._slot_chars[(server, slot)] = fp.chars
 
     def match_chars(self, server: str, instance: str, fp: Fingerprint) -> int:
         lru = self._targets.get((server, instance))
@@ -55,10 +60,15 @@ class AffinityStore:
                 out[slot] = longest_match(fp, lru)[1]
         return out
 
+    def slot_cached(self, server: str, slots: tuple[int, ...]) -> dict[int, int]:
+        """Chars of the prompt each slot was last given by us (slots we never pinned: absent)."""
+        return {slot: self._slot_chars[(server, slot)] for slot in slots if (server, slot) in self._slot_chars}
+
     def forget_server(self, server: str) -> None:
         """A server's cache is gone (restart, removal): its entries mean nothing any more."""
         self._targets = {k: v for k, v in self._targets.items() if k[0] != server}
         self._slots = {k: v for k, v in self._slots.items() if k[0] != server}
+        self._slot_chars = {k: v for k, v in self._slot_chars.items() if k[0] != server}
 
     def snapshot(self) -> list[dict[str, Any]]:
         return [{"server": s, "instance": i, "entries": len(lru)} for (s, i), lru in sorted(self._targets.items())]

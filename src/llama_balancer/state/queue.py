@@ -16,14 +16,15 @@ class QueueFull(Exception):
 
 
 class Ticket:
-    __slots__ = ("identity", "model", "servers", "enqueued", "_event", "_queue")
+    __slots__ = ("identity", "model", "servers", "enqueued", "fingerprint", "_event", "_queue")
 
     def __init__(self, queue: "WaitQueue", identity: str, model: str, enqueued: float,
-                 servers: tuple[str, ...] = ()) -> None:
+                 servers: tuple[str, ...] = (), fingerprint: Any = None) -> None:
         self.identity = identity
         self.model = model
         self.servers = servers  # where it may go: it waits for any of them
         self.enqueued = enqueued
+        self.fingerprint = fingerprint  # the request's prompt (core.prefix.Fingerprint), if any
         self._event = asyncio.Event()
         self._queue = queue
 
@@ -56,11 +57,11 @@ class WaitQueue:
     def __len__(self) -> int:
         return self._size
 
-    def ticket(self, identity: str, model: str, servers: tuple[str, ...] = ()) -> Ticket:
+    def ticket(self, identity: str, model: str, servers: tuple[str, ...] = (), fingerprint: Any = None) -> Ticket:
         """A place in the queue (use as ``async with``), or QueueFull."""
         if self._size >= self.max_size:
             raise QueueFull(f"the wait queue is full ({self.max_size} requests)")
-        ticket = Ticket(self, identity, model, self._now(), servers)
+        ticket = Ticket(self, identity, model, self._now(), servers, fingerprint)
         self._by_identity.setdefault(identity, deque()).append(ticket)
         self._size += 1
         return ticket
@@ -74,6 +75,10 @@ class WaitQueue:
             order.extend(lane[depth] for lane in lanes if depth < len(lane))
             depth += 1
         return order
+
+    def waiting(self, model: str) -> list[Ticket]:
+        """The tickets waiting for ``model``, in fair order."""
+        return [ticket for ticket in self.fair_order() if ticket.model == model]
 
     def wake_all(self) -> None:
         """Capacity changed: every waiter re-checks, in fair order (the loop runs them FIFO)."""

@@ -31,6 +31,10 @@ class BackendState:
     load_at: float | None = None
     slots: SlotsInfo | None = None
     pinned: dict[int, int] = field(default_factory=dict)  # slot id -> our requests pinned there
+    # Our own share of the last poll: in flight per instance, and the slots we had pinned,
+    # when its answer came. What the poll saw beyond these is other clients' work.
+    inflight_at_poll: dict[str, int] = field(default_factory=dict)
+    pinned_at_poll: frozenset[int] = frozenset()
     failures: int = 0  # consecutive request failures (passive health)
     suspect: bool = False  # a request failed since the last good poll
     open_until: float | None = None  # circuit open: no requests before this (monotonic)
@@ -143,6 +147,8 @@ class Registry:
         if state is not None:
             state.load, state.slots, state.kind = load, slots, kind
             state.load_at = self._clock.monotonic()
+            state.inflight_at_poll = dict(state.inflight)
+            state.pinned_at_poll = frozenset(state.pinned)
 
     def record_failure(self, name: str, circuit_failures: int, circuit_open_s: float) -> None:
         """A request failed before its first byte: suspect now, circuit open after a run of them."""

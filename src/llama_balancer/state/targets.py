@@ -52,9 +52,13 @@ def _target(state: BackendState, instance: str, order: int, affinity: AffinitySt
     else:
         polled = state.load if copies == 1 else None
     age = now - state.load_at if state.load_at is not None else float("nan")
-    load = fuse_load(own, polled, age, routing.poll_max_age_s)
+    own_then = state.inflight_at_poll.get(instance, 0)
+    load = fuse_load(own, polled, age, routing.poll_max_age_s, own_then)
     capacity = free_capacity(state.server.request_max, state.total, slots.total if slots else None, load)
-    idle = tuple(i for i in slots.idle_ids if i not in state.pinned) if slots else ()
+    # Idle: what the poll saw idle, plus slots it saw busy only with our own pinned requests
+    # (ended since, unless pinned again); minus the slots our requests hold now.
+    idle = tuple(s.id for s in slots.slots
+                 if s.id not in state.pinned and (not s.processing or s.id in state.pinned_at_poll)) if slots else ()
     return Target(
         server=state.name,
         instance=instance,
@@ -65,4 +69,5 @@ def _target(state: BackendState, instance: str, order: int, affinity: AffinitySt
         match_chars=affinity.match_chars(state.name, instance, fp),
         idle_slots=idle,
         slot_match=affinity.slot_match(state.name, idle, fp) if idle else {},
+        slot_cached=affinity.slot_cached(state.name, idle) if idle else {},
     )
