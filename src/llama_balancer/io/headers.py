@@ -9,21 +9,26 @@ HOP_BY_HOP = frozenset(
         "Proxy-Connection", "TE", "Trailer", "Trailers", "Transfer-Encoding", "Upgrade",
     )
 )
+# Precomputed for the common case (no header named in Connection): no set building per request.
+_UPSTREAM_DROP = HOP_BY_HOP | {"host"}
+_UPSTREAM_DROP_REENCODED = _UPSTREAM_DROP | {"content-length"}
 
 
-def _dropped(headers: CIMultiDictProxy[str] | CIMultiDict[str], extra: frozenset[str]) -> frozenset[str]:
-    named = {token.strip().lower() for value in headers.getall("Connection", []) for token in value.split(",")}
-    return HOP_BY_HOP | extra | frozenset(named)
+def _dropped(headers: CIMultiDictProxy[str] | CIMultiDict[str], base: frozenset[str]) -> frozenset[str]:
+    """``base`` plus any header the message names in ``Connection`` (also hop-by-hop)."""
+    named = headers.getall("Connection", None)
+    if not named:
+        return base
+    return base | {token.strip().lower() for value in named for token in value.split(",")}
 
 
 def upstream_request_headers(incoming: CIMultiDictProxy[str], body_replaced: bool) -> CIMultiDict[str]:
     """Client headers to send upstream: no hop-by-hop, no Host; no length if we re-encode."""
-    extra = {"host", "content-length"} if body_replaced else {"host"}
-    drop = _dropped(incoming, frozenset(extra))
-    return CIMultiDict((k, v) for k, v in incoming.items() if k.lower() not in drop)
+    drop = _dropped(incoming, _UPSTREAM_DROP_REENCODED if body_replaced else _UPSTREAM_DROP)
+    return CIMultiDict([(k, v) for k, v in incoming.items() if k.lower() not in drop])
 
 
 def client_response_headers(upstream: CIMultiDictProxy[str]) -> CIMultiDict[str]:
     """Backend headers to relay to the client, minus hop-by-hop ones."""
-    drop = _dropped(upstream, frozenset())
-    return CIMultiDict((k, v) for k, v in upstream.items() if k.lower() not in drop)
+    drop = _dropped(upstream, HOP_BY_HOP)
+    return CIMultiDict([(k, v) for k, v in upstream.items() if k.lower() not in drop])
