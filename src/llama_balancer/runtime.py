@@ -131,6 +131,10 @@ class Runtime:
     def _apply(self, config: Config) -> None:
         ctx = self.context
         options = config.balancer
+        for name, server in ctx.config.servers.items():
+            kept = config.servers.get(name)
+            if kept is None or kept.model_base != server.model_base:
+                ctx.affinity.forget_server(name)  # what we knew of its caches is void
         ctx.registry.reconfigure(config)
         ctx.sticky.ttl_s = options.sticky_ttl_s
         ctx.stats.window_s = options.access_log_window_s

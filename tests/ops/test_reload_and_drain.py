@@ -45,6 +45,9 @@ async def test_a_changed_file_is_picked_up_and_swapped_in(two, balancer, http, t
     await wait_until(lambda: runtime.context.config.models == {MODEL: ["PC2"]})
     assert await routed_to(http, runtime.url) == "PC2"
     assert load_config(path).models == {MODEL: ["PC2"]}
+    write_config(path, {"PC2": two["PC2"]}, {MODEL: ["PC2"]}, config_poll_interval_s=0.05)  # PC1 removed
+    await wait_until(lambda: "PC1" not in runtime.context.config.servers)
+    assert [entry["server"] for entry in runtime.context.affinity.snapshot()] == ["PC2"]
 
 
 async def test_an_invalid_file_leaves_the_old_config_and_shows_the_error(two, balancer, http, tmp_path, caplog):
