@@ -150,3 +150,10 @@ def test_serve_says_where_it_looked_when_the_file_is_missing(tmp_path):
     process, _ = serve(tmp_path, None)
     assert process.wait(timeout=15) == 1
     assert "config file not found: server-list.json" in process.stderr.read()
+
+
+def test_the_shipped_sample_config_is_valid_and_carries_the_gpt_oss_rules(capsys):
+    sample = os.path.join(os.path.dirname(__file__), "..", "..", "examples", "server-list.json")
+    assert main(["check-config", sample]) == 0
+    out = capsys.readouterr().out
+    assert "rewrite: '(gpt-oss.*)-(low|medium|high)'" in out and "rewrite: '(gpt-oss.*)-(apply|edit)'" in out

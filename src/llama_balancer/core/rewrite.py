@@ -1,7 +1,7 @@
 """Model-name rewrite rules: a fullmatch on the requested model picks a new model name and
 fields to merge into the body (e.g. ``gpt-oss:20b-high`` -> reasoning_effort ``high``).
 
-Behaviour lives in configuration, not code; see docs/rewrites.md for the examples.
+Behaviour lives in configuration, not code; the README and examples/server-list.json show the gpt-oss rules.
 """
 from __future__ import annotations
 
