@@ -8,9 +8,6 @@ import sys
 
 from ..core.errors import ConfigError
 
-COMMANDS = ("serve", "demo", "sim-backend", "check-config")
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llama-balancer", description=__doc__)
     sub = parser.add_subparsers(dest="command")

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 
 from .errors import ConfigError
 from .placement import PlacementKnobs
+from .signals import BackendKind
 from .rewrite import RewriteRule
 
 _PATH_WORD = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -31,7 +32,7 @@ class ServerConfig(BaseModel):
     request_max: int | None = Field(default=None, alias="request-max", gt=0)
     # How its load is read: the /llmhealth agent (the old tool's protocol), llama-server's
     # /health /slots /metrics, vLLM's /metrics, plain OpenAI liveness, or detected.
-    kind: Literal["agent", "llama.cpp", "vllm", "openai", "auto"] = "agent"
+    kind: BackendKind = "agent"
     # Sent upstream as "Authorization: Bearer ..."; never shown in snapshots or logs.
     api_key: str | None = Field(default=None, min_length=1, repr=False)
 

@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from ..core.models import is_variant
+from ..core.models import public_models
 from ..state.clock import iso_utc
 from .context import AppContext, context_of
 
@@ -73,9 +73,8 @@ async def handle_models(request: web.Request) -> web.Response:
             served = ctx.registry.state(name).served or ()
             answer = [{"id": model_id, "object": "model", "owned_by": name} for model_id in served]
         for entry in answer:
-            if not is_variant(entry["id"]):
-                entries.setdefault(entry["id"], entry)
-    data = [_model_entry(entries[key]) for key in sorted(entries)]
+            entries.setdefault(entry["id"], entry)  # the first backend's metadata wins
+    data = [_model_entry(entries[key]) for key in public_models(list(entries))]
     return json_response({"object": "list", "data": data})
 
 

@@ -27,11 +27,9 @@ class Pollers:
         self._registry = registry
         self._client = client
         self._tasks: list[asyncio.Task[None]] = []
-        self._config: Config | None = None
 
     def apply(self, config: Config) -> None:
         self.stop()
-        self._config = config
         options = config.balancer
         self._health_timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=options.health_connect_timeout_s, sock_read=options.health_read_timeout_s
