@@ -172,7 +172,11 @@ async def serve_until_signal(runtime: Runtime, host: str, port: int, banner: lis
         _on_signal(loop, sig, stop.set)
     if runtime.config_path is not None:
         _on_signal(loop, getattr(signal, "SIGHUP", None), lambda: asyncio.ensure_future(runtime.reload()))
-    bound = await runtime.start(host, port)
+    try:
+        bound = await runtime.start(host, port)
+    except BaseException:
+        await runtime.stop()  # a taken port: close the client and tasks started so far
+        raise
     log.info("llama-balancer listening on http://%s:%d", host, bound)
     for line in banner or []:
         print(line, flush=True)

@@ -28,3 +28,22 @@ def test_other_defaults_match_the_old_tool():
     assert (options.health_connect_timeout_s, options.health_read_timeout_s) == (5.0, 2.0)
     assert options.sticky_ttl_s == 180 and options.models_cache_ttl_s == 10
     assert options.max_body_bytes == 32 * 1024 * 1024
+
+
+def test_a_port_already_in_use_is_a_one_line_error(tmp_path):
+    import json
+    import socket
+    import subprocess
+    import sys
+
+    config = tmp_path / "server-list.json"
+    config.write_text(json.dumps({"servers": {"PC1": {"addr": "http://127.0.0.1", "health-port": 1, "model-port": 1}}}))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run([sys.executable, "-m", "llama_balancer", "serve", "--config", str(config),
+                               "--host", "127.0.0.1", "--port", str(port)], capture_output=True, text=True, timeout=20)
+    assert done.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in done.stderr
+    assert "Traceback" not in done.stderr

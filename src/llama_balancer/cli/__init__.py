@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command == "demo":
         from .demo import run_demo
-        return run_demo(args.host, args.port)
+        return _listening(lambda: run_demo(args.host, args.port), args.host, args.port)
     return _serve(args)
 
 
@@ -58,5 +58,15 @@ def _serve(args: argparse.Namespace) -> int:
         for problem in exc.problems:
             print(f"  {problem}", file=sys.stderr)
         return 1
-    run(serve_until_signal(Runtime(config, config_path=os.path.abspath(path)), args.host, args.port))
+    return _listening(lambda: run(serve_until_signal(Runtime(config, config_path=os.path.abspath(path)),
+                                                     args.host, args.port)), args.host, args.port)
+
+
+def _listening(start, host: str, port: int) -> int:
+    """Run the server; a port already taken is a one-line error, not a traceback."""
+    try:
+        start()
+    except OSError as exc:
+        print(f"llama-balancer: cannot listen on {host}:{port}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
     return 0
