@@ -92,3 +92,39 @@ async def test_an_overloaded_cache_holder_loses_to_a_free_backend(sims, balancer
     # B1 takes them while its lead over B2 stays within balance_abs_threshold (2); the
     # fourth would make it 3 ahead: it goes to B2 despite the cache.
     assert servers == ["B1", "B1", "B1", "B2"]
+
+
+@pytest.fixture
+async def one_server(sims, balancer, http):
+    """One llama-server with 2 slots whose answers take ~0.2 s (10 chunks 20 ms apart)."""
+    async def start(**routing):
+        b1 = await sims(name="B1", models=[MODEL], slots=2, fast=False, prompt_tps=200000, chunk_delay_s=0.02)
+        runtime = await balancer({
+            "servers": {"B1": server_entry(b1, kind="llama.cpp")}, "models": {MODEL: ["B1"]},
+            "balancer": {"trusted_proxies": ["127.0.0.1"], "routing": routing},
+        })
+        # Slot 0 learns conversation A's prompt, slot 1 X's; both answers teach the
+        # balancer how long a request keeps its slot here.
+        await send(http, runtime, chat(SYSTEM_A, ["first"], tokens=10), "10.0.0.1")
+        await send(http, runtime, chat(SYSTEM_X, ["first"], tokens=10), "10.0.0.2")
+        assert [e["slot"] for e in b1.events] == [0, 1]
+        return b1, runtime
+    return start
+
+
+@pytest.mark.parametrize("hold_s, slot, reason, waited", [(0.5, 0, "prefix", True), (0.0, 1, "spare-slot", False)])
+async def test_a_request_waits_briefly_for_the_busy_slot_holding_its_prompt(one_server, http, hold_s, slot, reason, waited):
+    b1, runtime = await one_server(cache_hold_s=hold_s)
+    # Conversation A continues on slot 0, which stays busy for ~0.2 s ...
+    a_task = asyncio.create_task(send(http, runtime, chat(SYSTEM_A, ["first", "w0", "second"], tokens=10), "10.0.0.1"))
+    await wait_until(lambda: runtime.context.registry.state("B1").total == 1)
+    # ... when a new conversation with A's system prompt arrives: slot 1 is idle but holds X.
+    _, answer = await send(http, runtime, chat(SYSTEM_A, ["another user"], tokens=1), "10.0.0.3")
+    await a_task
+    last = b1.events[-1]
+    assert last["slot"] == slot and last["body"].get("id_slot") == slot
+    assert (answer["timings"]["cache_n"] > 500) is waited  # slot 0 held A's system prompt
+    recent = next(r for r in runtime.context.stats.summary()["recent"] if r["ip"] == "10.0.0.3")
+    assert recent["reason"] == reason
+    assert (recent["queue_wait_ms"] > 0) is waited
+    assert runtime.context.registry.total_inflight() == 0 and len(runtime.context.queue) == 0

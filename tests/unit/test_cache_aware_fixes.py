@@ -1,6 +1,5 @@
-"""Suggested unit tests for cache-aware-fixes.diff (pytest; they pass once the diff is applied).
-
-Placed in tests/unit/test_signals.py, test_placement.py and a state test; not collected here."""
+"""The cache-aware fixes found by the routing bench (docs/routing.md): poll lag, one prompt
+per slot, live conversations keep their slots."""
 from typing import Any
 from llama_balancer.core.placement import Place, Target, place
 from llama_balancer.core.prefix import fingerprint

@@ -235,10 +235,11 @@ def test_without_a_meaningful_match_an_idle_slot_we_never_used_is_pinned():
     assert place([target], None, PROMPT).id_slot == 1  # type: ignore[union-attr]
 
 
-def test_without_a_match_or_an_unused_slot_the_least_matching_idle_slot_is_pinned():
-    target = t("A", idle_slots=(0, 1), slot_match={0: 150, 1: 20})
+def test_without_a_match_or_an_unused_slot_the_slot_losing_least_is_pinned():
+    # Slot 0's prompt shares 150 chars with this one (kept when overwritten), slot 1's 20.
+    target = t("A", idle_slots=(0, 1), slot_match={0: 150, 1: 20}, slot_cached={0: 3000, 1: 3000})
 
-    assert place([target], None, PROMPT).id_slot == 1  # type: ignore[union-attr]
+    assert place([target], None, PROMPT) == Place("A", "m", "spare-slot", 0, 0)
 
 
 def test_without_idle_slots_nothing_is_pinned():
@@ -310,11 +311,62 @@ def random_case(rng: random.Random) -> tuple[list[Target], tuple[str, str] | Non
             status=rng.choice(STATUSES), load=rng.randint(0, 8),
             capacity=rng.choice([None, None, 0, 1, 2, -1]),
             match_chars=rng.choice([0, 0, 50, 100, 300, 800, 2000]),
-            idle_slots=idle, slot_match={s: rng.choice([0, 60, 300, 900]) for s in range(4)},
+            idle_slots=idle, **random_slot_memory(rng),
         ))
     keys = [(x.server, x.instance) for x in targets] + [("nowhere", "m")]
     sticky = rng.choice(keys) if rng.random() < 0.6 else None
     return targets, sticky, rng.choice([0, 100, 1000, 5000]), rng.choice(KNOB_CHOICES)
+
+
+def random_slot_memory(rng: random.Random) -> dict[str, dict[int, int]]:
+    """What the balancer knows of slots 0-3: nothing (never pinned), or the prompt each holds,
+    how much of it matches this request and how much of it other slots hold too."""
+    match: dict[int, int] = {}
+    cached: dict[int, int] = {}
+    spare: dict[int, int] = {}
+    for slot in range(4):
+        if rng.random() < 0.2:
+            continue
+        cached[slot] = rng.choice([300, 1000, 3000])
+        match[slot] = min(cached[slot], rng.choice([0, 60, 300, 900, 2900]))
+        spare[slot] = min(cached[slot], rng.choice([0, 0, 100, 1000]))
+    return {"slot_match": match, "slot_cached": cached, "slot_spare": spare}
+
+
+def check_slot_choice(fair: list[Target], sticky: Any, threshold: int, knobs: PlacementKnobs,
+                      chosen: Target, decision: Place) -> bool:
+    """The slot-level rules (placement._slot_placement); False when they did not decide."""
+    idle = [(x, s) for x in fair for s in x.idle_slots if s >= 0]
+    if not knobs.pin_slots or not idle:
+        return False
+    match = {(x.server, x.instance, s): x.slot_match.get(s, 0) for x, s in idle}
+    best_slot = max(match.values())
+    continued = [key for (x, s) in idle if (key := (x.server, x.instance, s)) and match[key] >= threshold
+                 and s in x.slot_cached and x.slot_cached[s] - match[key] <= knobs.sticky_margin_chars]
+    fresh = [(x, s) for x, s in idle if s not in x.slot_match and s not in x.slot_cached]
+    elsewhere = max((x.match_chars for x in fair if not any(s >= 0 for s in x.idle_slots)), default=0)
+    if not continued and elsewhere >= threshold and elsewhere > (best_slot if best_slot >= threshold else 0):
+        return False  # the target-level rules decide, towards the longer match
+    key = (chosen.server, chosen.instance, decision.id_slot)
+    assert key in match, "the slot rules pin one of the fair idle slots"
+    if continued:
+        assert decision.reason in ("prefix", "sticky") and key in continued
+        assert match[key] == max(match[c] for c in continued)
+    elif fresh:
+        assert (chosen, decision.id_slot) in fresh, "a slot nobody was pinned to comes next"
+        assert decision.reason in ("least-loaded", "sticky")
+        assert decision.reason != "sticky" or (chosen.server, chosen.instance) == sticky
+    elif best_slot >= threshold:
+        assert decision.reason in ("prefix", "sticky") and match[key] == best_slot
+    else:
+        assert decision.reason == "spare-slot"
+
+        def kept(x: Target, s: int) -> int:
+            return max(x.slot_spare.get(s, 0), x.slot_match.get(s, 0))
+        assert kept(chosen, decision.id_slot) == max(kept(x, s) for x, s in idle)  # type: ignore[arg-type]
+    if decision.reason == "sticky":
+        assert (chosen.server, chosen.instance) == sticky
+    return True
 
 
 def check(targets: list[Target], sticky: Any, prompt: int, knobs: PlacementKnobs, decision: Any) -> None:
@@ -336,6 +388,9 @@ def check(targets: list[Target], sticky: Any, prompt: int, knobs: PlacementKnobs
     threshold = match_threshold(prompt, knobs)
     best = max(x.match_chars for x in fair)
     assert decision.reason != "fallback"
+    if check_slot_choice(fair, sticky, threshold, knobs, chosen, decision):
+        assert decision.match_chars == chosen.match_chars
+        return
     if decision.reason == "sticky":
         assert (chosen.server, chosen.instance) == sticky
     elif decision.reason == "prefix":
@@ -365,4 +420,4 @@ def test_random_target_sets_keep_every_invariant_and_decide_deterministically():
         assert place(shuffled, sticky, prompt, knobs) == decision, "order field, not list order, decides"
         seen.add(f"Place:{decision.reason}" if isinstance(decision, Place) else type(decision).__name__)
     # The loop must have met every kind of outcome, or it proves little.
-    assert seen == {"Reject", "Queue", "Place:sticky", "Place:prefix", "Place:least-loaded"}
+    assert seen == {"Reject", "Queue", "Place:sticky", "Place:prefix", "Place:least-loaded", "Place:spare-slot"}

@@ -74,6 +74,11 @@ class RoutingOptions(BaseModel):
     # For this long after it queued, a request offered a place that holds less of its prompt
     # than of another waiting request's lets that one go first (0: strict fair order).
     queue_cache_wait_s: float = Field(2.0, ge=0)
+    # A request may wait, for at most this long after it arrived, for the busy slot that
+    # holds much more of its prompt (hold_min_gain_ratio of it) than any idle one, when that
+    # slot is expected to free in time (0: never wait while a slot is idle).
+    cache_hold_s: float = Field(0.5, ge=0)
+    hold_min_gain_ratio: float = Field(0.25, ge=0, le=1)
     max_retries: int = Field(2, ge=0)
     retry_statuses: list[int] = Field(default_factory=lambda: [502, 503, 504])
     circuit_failures: int = Field(3, ge=1)  # consecutive failures that open the circuit
@@ -81,7 +86,8 @@ class RoutingOptions(BaseModel):
 
     def knobs(self) -> PlacementKnobs:
         return PlacementKnobs(self.balance_abs_threshold, self.balance_rel_threshold, self.min_match_chars,
-                              self.min_match_ratio, self.sticky_margin_chars, self.pin_slots)
+                              self.min_match_ratio, self.sticky_margin_chars, self.pin_slots,
+                              self.hold_min_gain_ratio)
 
 
 class BalancerOptions(BaseModel):

@@ -16,23 +16,27 @@ no logging, no clock. The rules, in order:
    SGLang tests only the most loaded worker and then drops cache affinity altogether; per
    target, a warm cache on a moderately loaded server is still used while the system as a
    whole is imbalanced. The least-loaded target is never overloaded.
-4. **Sticky.** The identity's bound target, if open and not overloaded, wins when no
+4. **Slots.** Where llama-server slots are known and some fair target has one idle, the
+   slot itself is chosen across targets (``_slot_placement``: the slot the prompt
+   continues, a slot nobody uses, the longest cached prefix, else the slot whose loss
+   matters least), since a slot holds one prompt and the server's memory of past prompts
+   no longer says where they are. Rules 5-7 decide where slots are unknown.
+5. **Sticky.** The identity's bound target, if open and not overloaded, wins when no
    target has a meaningful match or its own match is within ``sticky_margin_chars`` of the
    best one; a much longer match elsewhere (the user switched conversations) wins over it.
-5. **Prefix.** The longest match among the non-overloaded targets, if meaningful:
+6. **Prefix.** The longest match among the non-overloaded targets, if meaningful:
    ``match >= max(min_match_chars, min_match_ratio * prompt_chars)``. Ties: lower load,
    then ``order``.
-6. **Least-loaded.** Otherwise the lowest load; ties: longer match, idle before busy,
+7. **Least-loaded.** Otherwise the lowest load; ties: longer match, idle before busy,
    then ``order``.
 
 Remaining ties go to the earlier target in ``targets`` (list a server's instances in their
 instance order). ``place`` never answers reason ``fallback``: that is the caller's, for a
 model no pattern matches.
 
-**Slot pinning**: on a llama-server target with known idle slots, the idle slot holding the
-longest meaningful match of this prompt is pinned with ``id_slot``. Otherwise none: the
-server then picks its best-matching idle slot itself, and pinning a slot without a match
-would only override that judgement.
+**Slot pinning**: a slot chosen by rule 4 is pinned with ``id_slot``; after rules 5-7, on
+a target with known idle slots, ``pick_slot`` chooses one. Always pinning keeps our memory
+of what each slot holds exact, which the next decision depends on.
 """
 from __future__ import annotations
 
@@ -42,7 +46,8 @@ from typing import Literal, Mapping, Sequence, Union
 
 TargetStatus = Literal["idle", "busy", "invalid", "suspect"]
 # The last four are the classic (SPEC Part A) policy's and the baselines' reasons.
-Reason = Literal["sticky", "prefix", "least-loaded", "fallback", "round-robin", "free-instance", "idle", "last-resort"]
+Reason = Literal["sticky", "prefix", "least-loaded", "spare-slot", "fallback",
+                 "round-robin", "free-instance", "idle", "last-resort"]
 
 
 @dataclass(frozen=True)
@@ -59,6 +64,9 @@ class Target:
     idle_slots: tuple[int, ...] = ()  # llama-server slot ids known idle
     slot_match: Mapping[int, int] = field(default_factory=dict)  # slot id -> matched chars
     slot_cached: Mapping[int, int] = field(default_factory=dict)  # idle slot id -> chars it holds (ours)
+    slot_spare: Mapping[int, int] = field(default_factory=dict)  # idle slot id -> of those, chars other slots hold too
+    busy_match: int = 0  # the longest match among the slots our requests keep busy now
+    busy_wait_s: float | None = None  # how long that slot should stay busy (None: unknown)
 
     @property
     def full(self) -> bool:
@@ -83,6 +91,7 @@ class PlacementKnobs:
     min_match_ratio: float = 0.1
     sticky_margin_chars: int = 256
     pin_slots: bool = True
+    hold_min_gain_ratio: float = 0.25
 
 
 @dataclass(frozen=True)
@@ -99,6 +108,7 @@ class Queue:
     """Every eligible target is full: wait for a place (the queue itself is state's)."""
 
     reason: str
+    waiting_for_cache: bool = False  # not full: holding out for a busy slot's cache
 
 
 @dataclass(frozen=True)
@@ -115,8 +125,13 @@ def place(
     sticky: tuple[str, str] | None,
     prompt_chars: int,
     knobs: PlacementKnobs = PlacementKnobs(),
+    hold_s: float = 0.0,
 ) -> Decision:
-    """Decide where a request goes; see the module docstring for the rules and their order."""
+    """Decide where a request goes; see the module docstring for the rules and their order.
+
+    ``hold_s``: how much longer the request may wait for a busy slot that holds much more of
+    its prompt; ``Queue`` then, with ``waiting_for_cache`` set.
+    """
     pool = eligible(targets)
     if not pool:
         message = "no healthy backend for this model" if targets else "no backend for this model"
@@ -128,6 +143,8 @@ def place(
     fair = [t for t in open_ if not overloaded(t.load, floor, knobs)]
     threshold = match_threshold(prompt_chars, knobs)
     if knobs.pin_slots:
+        if hold_s > 0 and _worth_holding(pool, fair, prompt_chars, threshold, knobs, hold_s):
+            return Queue("waiting for the busy slot that holds this prompt", waiting_for_cache=True)
         slotted = _slot_placement(fair, sticky, threshold, knobs)
         if slotted is not None:
             return slotted
@@ -182,37 +199,80 @@ def pick_slot(target: Target, threshold: int) -> int | None:
 
 def _slot_placement(fair: list[Target], sticky: tuple[str, str] | None, threshold: int,
                     knobs: PlacementKnobs) -> Place | None:
-    """Where slots are known: an idle slot this prompt continues, else a slot nobody uses.
+    """Where slots are known, the slot itself is chosen, across all fair targets:
 
-    A prompt *continues* a slot when it matches all the slot holds but for
-    ``sticky_margin_chars``: its own conversation, one turn on. Pinning any other slot that
-    we filled overwrites someone's longer prompt, which they will miss next turn and take
-    back from us; two conversations sharing a slot then evict each other every turn. So a
-    slot we never pinned, anywhere, comes before a merely shared prefix (a system prompt)
-    in a slot someone else fills. None: no such slot, the rules below decide.
+    1. an idle slot this prompt *continues*: it matches all the slot holds but for
+       ``sticky_margin_chars`` (its own conversation, one turn on);
+    2. an idle slot we never pinned (its cache is nobody's we know of), the identity's own
+       server first, then the least loaded;
+    3. the idle slot holding the longest meaningful prefix of the prompt (a shared system
+       prompt in someone else's slot);
+    4. no idle slot holds a meaningful part of it: the idle slot whose overwriting loses
+       least, i.e. whose prompt other slots (``slot_spare``) or this prompt hold most of,
+       then the one with the smallest remainder.
+
+    Pinning a slot another conversation fills overwrites its prompt, which it misses next
+    turn; 1 and 2 come first so that live conversations keep their slots. Under churn (more
+    conversations than slots) 3 and 4 keep each shared prefix alive somewhere: choosing by
+    server (its memory of everything ever sent there) instead would pick a server whose
+    slots no longer hold the prefix and overwrite the last slot that did. Ties: lower load,
+    then ``order``. None: no idle slot is known, or a target without slot information holds
+    a longer meaningful match; the target-level rules decide.
     """
-    best: tuple[tuple[int, int, int], Target, int] | None = None
-    for target in fair:
-        for slot in target.idle_slots:
-            matched = target.slot_match.get(slot, 0)
-            held = target.slot_cached.get(slot)
-            if slot >= 0 and held is not None and matched >= threshold and held - matched <= knobs.sticky_margin_chars:
-                key = (-matched, target.load, target.order)
-                if best is None or key < best[0]:
-                    best = (key, target, slot)
-    if best is not None:
-        _, target, slot = best
-        reason: Reason = "sticky" if (target.server, target.instance) == sticky else "prefix"
+    idle = [(target, slot) for target in fair for slot in target.idle_slots if slot >= 0]
+    if not idle:
+        return None
+
+    def chosen(target: Target, slot: int, reason: Reason) -> Place:
+        if reason == "prefix" and (target.server, target.instance) == sticky:
+            reason = "sticky"
         return Place(target.server, target.instance, reason, slot, target.match_chars)
-    unused = [(target, min(fresh)) for target in fair
-              if (fresh := [s for s in target.idle_slots if s >= 0 and s not in target.slot_match
-                            and s not in target.slot_cached])]
-    if unused:  # the identity's own server first, then the least loaded
-        target, slot = min(unused, key=lambda pair: ((pair[0].server, pair[0].instance) != sticky, pair[0].load,
-                                                     -pair[0].match_chars, pair[0].order))
-        reason = "sticky" if (target.server, target.instance) == sticky else "least-loaded"
-        return Place(target.server, target.instance, reason, slot, target.match_chars)
-    return None
+
+    matched = [(t, s, t.slot_match.get(s, 0)) for t, s in idle if t.slot_match.get(s, 0) >= threshold]
+    continued = [(t, s, m) for t, s, m in matched
+                 if s in t.slot_cached and t.slot_cached[s] - m <= knobs.sticky_margin_chars]
+    if continued:
+        target, slot, _ = min(continued, key=lambda c: (-c[2], c[0].load, c[0].order, c[1]))
+        return chosen(target, slot, "prefix")
+    # A target without known idle slots (a vLLM server, say) may hold more of the prompt.
+    elsewhere = max((t.match_chars for t in fair if not any(s >= 0 for s in t.idle_slots)), default=0)
+    if elsewhere >= threshold and elsewhere > max((m for _, _, m in matched), default=0):
+        return None
+    fresh = [(t, s) for t, s in idle if s not in t.slot_match and s not in t.slot_cached]
+    if fresh:
+        target, slot = min(fresh, key=lambda c: ((c[0].server, c[0].instance) != sticky, c[0].load,
+                                                 -c[0].match_chars, c[0].order, c[1]))
+        return chosen(target, slot, "sticky" if (target.server, target.instance) == sticky else "least-loaded")
+    if matched:
+        target, slot, _ = min(matched, key=lambda c: (-c[2], c[0].load, c[0].order, c[1]))
+        return chosen(target, slot, "prefix")
+
+    def loss(pair: tuple[Target, int]) -> tuple[int, int, int, int, int]:
+        target, slot = pair  # kept: what of the slot's prompt survives, elsewhere or in ours
+        kept = max(target.slot_spare.get(slot, 0), target.slot_match.get(slot, 0))
+        return (-kept, target.slot_cached.get(slot, 0) - kept, target.load, target.order, slot)
+
+    target, slot = min(idle, key=loss)
+    return chosen(target, slot, "spare-slot")
+
+
+def _worth_holding(pool: list[Target], fair: list[Target], prompt_chars: int, threshold: int,
+                   knobs: PlacementKnobs, hold_s: float) -> bool:
+    """Wait for a busy slot rather than take an idle one: when it holds at least
+    ``hold_min_gain_ratio`` of the prompt more than any idle slot (or a target without slot
+    information) does, and should free within ``hold_s``.
+
+    Taking the idle slot costs this prompt's prefill and evicts the prompt that slot held,
+    which its owner and every later request sharing it then recompute: a cached prefix is
+    worth more than one prefill. The wait is bounded by the caller's budget and by the
+    slot's expected turnover (learnt per server, ``state/pace.py``; unknown -> no hold), so
+    a slot busy with a long generation is not waited for.
+    """
+    here = max([t.slot_match.get(s, 0) for t in fair for s in t.idle_slots if s >= 0]
+               + [t.match_chars for t in fair if not any(s >= 0 for s in t.idle_slots)], default=0)
+    need = max(threshold, knobs.hold_min_gain_ratio * prompt_chars)
+    return any(t.busy_wait_s is not None and t.busy_wait_s <= hold_s
+               and t.busy_match >= threshold and t.busy_match - here >= need for t in pool)
 
 
 def _sticky_target(fair: list[Target], sticky: tuple[str, str] | None) -> Target | None:

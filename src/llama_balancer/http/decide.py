@@ -53,6 +53,8 @@ async def obtain(ctx: AppContext, ex: Exchange, resolved: Resolved, excluded: se
             if remaining <= 0:
                 raise QueueTimeout(f"every backend for {resolved.requested!r} stayed full for "
                                    f"{routing.queue_timeout_s:g} s", headers={"Retry-After": "5"})
+            if decision.waiting_for_cache:  # re-decide at the latest when the hold ends
+                remaining = min(remaining, max(ex.started + routing.cache_hold_s - time.monotonic(), 0.001))
             await ticket.wait_turn(min(remaining, RECHECK_S))
     finally:
         if ticket is not None:
@@ -117,7 +119,8 @@ def decide(ctx: AppContext, ex: Exchange, resolved: Resolved, excluded: set[str]
     else:
         binding = ctx.sticky.get(ex.identity, resolved.requested)
         sticky = (binding.server, binding.instance) if binding is not None else None
-        decision = place(targets, sticky, resolved.fingerprint.chars, routing.knobs())
+        hold_s = ex.started + routing.cache_hold_s - time.monotonic()
+        decision = place(targets, sticky, resolved.fingerprint.chars, routing.knobs(), hold_s)
     if isinstance(decision, Reject) and targets:
         # Every target looks unhealthy. Polls can be wrong (an agent down beside a working
         # model server), so like SPEC Part A the first listed one is tried as a last resort.

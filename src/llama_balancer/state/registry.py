@@ -14,6 +14,7 @@ from ..core.health import HealthSample, Status, judge
 from ..core.routing import ServerView
 from ..core.signals import BackendLoad, SlotsInfo
 from .clock import Clock, iso_utc
+from .pace import Pace
 
 
 @dataclass
@@ -31,6 +32,8 @@ class BackendState:
     load_at: float | None = None
     slots: SlotsInfo | None = None
     pinned: dict[int, int] = field(default_factory=dict)  # slot id -> our requests pinned there
+    pinned_since: dict[int, float] = field(default_factory=dict)  # slot id -> when the latest began
+    pace: Pace = field(default_factory=Pace)  # learnt slot turnover
     # Our own share of the last poll: in flight per instance, and the slots we had pinned,
     # when its answer came. What the poll saw beyond these is other clients' work.
     inflight_at_poll: dict[str, int] = field(default_factory=dict)
@@ -57,15 +60,18 @@ class BackendState:
 class InflightSlot:
     """Counts one request on server x instance while the ``async with`` body runs."""
 
-    __slots__ = ("_state", "_instance", "_held", "_pinned", "_on_release")
+    __slots__ = ("_state", "_instance", "_held", "_pinned", "_on_release", "_now", "_since")
 
     def __init__(self, state: BackendState, instance: str, pinned: int | None = None,
-                 on_release: Callable[[], None] | None = None) -> None:
+                 on_release: Callable[[], None] | None = None,
+                 now: Callable[[], float] | None = None) -> None:
         self._state = state
         self._instance = instance
         self._held = False
         self._pinned = pinned
         self._on_release = on_release
+        self._now = now
+        self._since = 0.0
 
     async def __aenter__(self) -> "InflightSlot":
         state = self._state
@@ -73,6 +79,8 @@ class InflightSlot:
         state.total += 1
         if self._pinned is not None:
             state.pinned[self._pinned] = state.pinned.get(self._pinned, 0) + 1
+            if self._now is not None:
+                self._since = state.pinned_since[self._pinned] = self._now()
         self._held = True
         return self
 
@@ -97,6 +105,9 @@ class InflightSlot:
                 state.pinned[self._pinned] = left
             else:
                 state.pinned.pop(self._pinned, None)
+                state.pinned_since.pop(self._pinned, None)
+            if self._now is not None:
+                state.pace.observe_occupancy(self._now() - self._since)
         if self._on_release is not None:
             self._on_release()  # capacity freed: queued requests look again
 
@@ -126,6 +137,7 @@ class Registry:
             if state.server.model_base != server.model_base or state.server.kind != server.kind:
                 state.served, state.served_at = None, None
                 state.load, state.load_at, state.slots = None, None, None
+                state.pace = Pace()
                 state.kind = server.kind
             state.server = server
             if state.samples.maxlen != window:
@@ -140,7 +152,7 @@ class Registry:
         return self._states[name]
 
     def slot(self, name: str, instance: str, pinned: int | None = None) -> InflightSlot:
-        return InflightSlot(self._states[name], instance, pinned, self.on_release)
+        return InflightSlot(self._states[name], instance, pinned, self.on_release, self._clock.monotonic)
 
     def record_signals(self, name: str, load: BackendLoad | None, slots: SlotsInfo | None, kind: str) -> None:
         state = self._states.get(name)

@@ -59,6 +59,7 @@ def _target(state: BackendState, instance: str, order: int, affinity: AffinitySt
     # (ended since, unless pinned again); minus the slots our requests hold now.
     idle = tuple(s.id for s in slots.slots
                  if s.id not in state.pinned and (not s.processing or s.id in state.pinned_at_poll)) if slots else ()
+    busy_match, busy_wait = _best_busy_slot(state, affinity, idle, fp, now) if slots else (0, None)
     return Target(
         server=state.name,
         instance=instance,
@@ -70,4 +71,24 @@ def _target(state: BackendState, instance: str, order: int, affinity: AffinitySt
         idle_slots=idle,
         slot_match=affinity.slot_match(state.name, idle, fp) if idle else {},
         slot_cached=affinity.slot_cached(state.name, idle) if idle else {},
+        slot_spare=affinity.slot_spare(state.name, idle) if idle else {},
+        busy_match=busy_match,
+        busy_wait_s=busy_wait,
     )
+
+
+def _best_busy_slot(state: BackendState, affinity: AffinityStore, idle: tuple[int, ...], fp: Fingerprint,
+                    now: float) -> tuple[int, float | None]:
+    """The longest match among the busy slots our own requests hold, and how long that slot
+    should stay busy (the server's usual occupancy minus the time it has run; None when
+    unknown or overrun: then nobody can say it frees soon)."""
+    ours = tuple(slot for slot in state.pinned_since if slot not in idle)
+    if not ours:
+        return 0, None
+    matches = affinity.slot_match(state.name, ours, fp)
+    if not matches:
+        return 0, None
+    slot = max(matches, key=lambda s: (matches[s], -s))
+    occupancy = state.pace.occupancy_s
+    left = None if occupancy is None else occupancy - (now - state.pinned_since[slot])
+    return matches[slot], left if left is not None and left > 0 else None

@@ -1,0 +1,136 @@
+"""core/placement.py's slot rules across servers and the hold for a busy slot's cache; the
+state behind them: which prefixes live in more than one slot (affinity) and how long a slot
+stays busy (registry)."""
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from llama_balancer.core.config import config_from_data
+from llama_balancer.core.placement import Place, PlacementKnobs, Queue, Target, place
+from llama_balancer.core.prefix import fingerprint
+from llama_balancer.core.signals import BackendLoad, Slot, SlotsInfo
+from llama_balancer.state.affinity import AffinityStore
+from llama_balancer.state.registry import Registry
+from llama_balancer.state.targets import build_targets
+
+PROMPT = 4000  # chars; meaningful from 400 (10 %), a hold needs a gain of 1000 (25 %)
+
+
+def t(server: str, order: int = 0, **kw: Any) -> Target:
+    return Target(server=server, instance="m", order=order, status="idle", **kw)
+
+
+def chat(system: str, user: str = "hi") -> dict[str, Any]:
+    return {"model": "m", "messages": [{"role": "system", "content": system}, {"role": "user", "content": user}]}
+
+
+def test_the_idle_slot_holding_the_prefix_wins_over_a_server_that_only_remembers_it():
+    # A saw this prompt's system prompt once (server memory), but its idle slot now holds
+    # something else; B's idle slot holds it.
+    remembers = t("A", 0, match_chars=3000, idle_slots=(0,), slot_match={0: 0}, slot_cached={0: 5000})
+    holds = t("B", 1, load=1, idle_slots=(1,), slot_match={1: 3000}, slot_cached={1: 3500})
+    assert place([remembers, holds], None, PROMPT) == Place("B", "m", "prefix", 1, 0)
+
+
+def test_without_any_match_the_slot_whose_prompt_lives_elsewhere_is_reused():
+    unique = t("A", 0, idle_slots=(0,), slot_match={0: 0}, slot_cached={0: 3000}, slot_spare={0: 0})
+    duplicated = t("B", 1, load=1, idle_slots=(0,), slot_match={0: 0}, slot_cached={0: 3000}, slot_spare={0: 2800})
+    assert place([unique, duplicated], None, PROMPT) == Place("B", "m", "spare-slot", 0, 0)
+
+
+def test_equal_losses_reuse_the_smaller_prompt_then_the_lighter_server():
+    big = t("A", 0, idle_slots=(0,), slot_match={0: 0}, slot_cached={0: 9000})
+    small = t("B", 1, load=1, idle_slots=(0,), slot_match={0: 0}, slot_cached={0: 1000})
+    assert place([big, small], None, PROMPT) == Place("B", "m", "spare-slot", 0, 0)
+    twin = t("C", 2, idle_slots=(0,), slot_match={0: 0}, slot_cached={0: 1000})
+    assert place([big, small, twin], None, PROMPT) == Place("C", "m", "spare-slot", 0, 0)
+
+
+def test_a_server_without_slot_information_with_a_longer_match_is_not_bypassed():
+    vllm = t("V", 1, match_chars=3500)
+    slotted = t("L", 0, idle_slots=(0,), slot_match={0: 1000}, slot_cached={0: 3000})
+    assert place([slotted, vllm], None, PROMPT) == Place("V", "m", "prefix", None, 3500)
+
+
+def busy(wait: float | None = 0.1, match: int = 3800) -> Target:
+    """A target whose slots are all busy, one of them with ``match`` chars of the prompt,
+    expected to free in ``wait`` seconds."""
+    return t("A", 0, load=2, busy_match=match, busy_wait_s=wait)
+
+
+IDLE_ELSEWHERE = t("B", 1, idle_slots=(0,), slot_match={0: 500}, slot_cached={0: 4000})
+
+
+def test_a_busy_slot_expected_to_free_within_the_hold_is_waited_for():
+    decision = place([busy(0.1), IDLE_ELSEWHERE], None, PROMPT, hold_s=0.3)
+    assert isinstance(decision, Queue) and decision.waiting_for_cache
+
+
+def test_no_hold_once_the_budget_is_spent_or_the_slot_frees_too_late():
+    taken = Place("B", "m", "prefix", 0, 0)
+    assert place([busy(0.1), IDLE_ELSEWHERE], None, PROMPT, hold_s=0.0) == taken
+    assert place([busy(0.1), IDLE_ELSEWHERE], None, PROMPT, hold_s=0.05) == taken
+    assert place([busy(None), IDLE_ELSEWHERE], None, PROMPT, hold_s=5.0) == taken  # turnover unknown
+
+
+def test_no_hold_for_a_small_gain_or_without_slot_pinning():
+    close = t("B", 1, idle_slots=(0,), slot_match={0: 3000}, slot_cached={0: 4000})  # gain 800 < 1000
+    assert place([busy(), close], None, PROMPT, hold_s=1.0) == Place("B", "m", "prefix", 0, 0)
+    unpinned = PlacementKnobs(pin_slots=False)
+    assert isinstance(place([busy(), IDLE_ELSEWHERE], None, PROMPT, unpinned, hold_s=1.0), Place)
+    lower_bar = PlacementKnobs(hold_min_gain_ratio=0.1)
+    assert isinstance(place([busy(), close], None, PROMPT, lower_bar, hold_s=1.0), Queue)
+
+
+def test_no_hold_when_the_idle_slot_already_continues_the_prompt():
+    own = t("B", 1, idle_slots=(0,), slot_match={0: 3900}, slot_cached={0: 3950})
+    assert place([busy(match=3900), own], None, PROMPT, hold_s=1.0) == Place("B", "m", "prefix", 0, 0)
+
+
+def test_spare_counts_what_other_slots_hold_of_a_slots_prompt():
+    store = AffinityStore(64)
+    system = "You answer questions about the warehouse. " * 60  # 2 full blocks + a part
+    a, b = fingerprint(chat(system, "first")), fingerprint(chat(system, "second"))
+    other = fingerprint(chat("Something else entirely. " * 60))
+    store.record("S1", "m", 0, a)
+    store.record("S1", "m", 1, other)
+    assert store.slot_spare("S1", (0, 1)) == {0: 0, 1: 0}  # each is the last copy
+    store.record("S2", "m", 0, b)
+    shared = store.slot_spare("S1", (0,))[0]
+    assert 2048 <= shared < a.chars  # the system prompt's blocks, not the user turn
+    assert store.slot_spare("S2", (0,)) == {0: shared}
+    store.record("S2", "m", 0, other)  # S2's slot 0 now holds the other prompt instead
+    assert store.slot_spare("S1", (0, 1)) == {0: 0, 1: other.chars}
+    store.forget_server("S2")
+    assert store.slot_spare("S1", (0, 1)) == {0: 0, 1: 0}
+    assert store.slot_spare("S2", (0,)) == {}
+
+
+async def test_the_registry_learns_slot_turnover_and_targets_show_the_busy_slots_match(clock):
+    config = config_from_data({"servers": {"B1": {"addr": "http://10.0.0.1", "health-port": 8080,
+                                                   "model-port": 8080, "kind": "llama.cpp"}},
+                               "models": {"m": ["B1"]}})
+    registry = Registry(config, clock)
+    affinity = AffinityStore(64)
+    registry.record_signals("B1", BackendLoad(0, 0, 2, 2), SlotsInfo((Slot(0, False), Slot(1, False))), "llama.cpp")
+    prompt = fingerprint(chat("The shared system prompt of conversation A. " * 80))
+    routing = config.balancer.routing
+
+    async with registry.slot("B1", "m", pinned=0):
+        affinity.record("B1", "m", 0, prompt)
+        clock.advance(0.4)
+    assert registry.state("B1").pace.occupancy_s == pytest.approx(0.4)
+
+    async with registry.slot("B1", "m", pinned=0):
+        clock.advance(0.1)
+        [target] = build_targets(registry, affinity, ["B1"], "m", prompt, clock.monotonic(), routing)
+        assert target.idle_slots == (1,) and target.busy_match == prompt.chars
+        assert target.busy_wait_s == pytest.approx(0.3)  # 0.4 usual, 0.1 gone
+        clock.advance(0.5)  # overrun: nobody can say when it frees
+        [target] = build_targets(registry, affinity, ["B1"], "m", prompt, clock.monotonic(), routing)
+        assert target.busy_match == prompt.chars and target.busy_wait_s is None
+    [target] = build_targets(registry, affinity, ["B1"], "m", prompt, clock.monotonic(), routing)
+    assert target.busy_match == 0 and target.idle_slots == (0, 1)
+    assert registry.state("B1").pace.occupancy_s == pytest.approx(0.4 + 0.2 * (0.6 - 0.4))
