@@ -24,7 +24,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from report import TARGETS, machine_facts, markdown, summarize, update_doc, verdicts
+from report import (REFERENCE_SCENARIOS, REFERENCES, TARGETS, machine_facts, markdown, summarize, update_doc,
+                    verdicts)
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
@@ -220,6 +221,11 @@ def start_target(name: str, procs: Procs, backend_port: int, workdir: Path, nofi
     port = free_port()
     logpath = workdir / f"{name}-{time.monotonic_ns()}.log"
     log = open(logpath, "ab")
+    if name in REFERENCES:
+        script = BENCH / "reference" / (name.replace("-", "_") + ".py")
+        proc = procs.start([*pin(0), PY, str(script), str(port), str(backend_port)], stdout=log, stderr=log)
+        wait_port(port, proc)
+        return Target(name, port, proc.pid, proc, logpath)
     if name == "nginx":
         ndir = Path(tempfile.mkdtemp(prefix="nginx-", dir=workdir))
         conf = ndir / "nginx.conf"
@@ -389,7 +395,9 @@ def start_profiler(procs: Procs, pid: int, out: Path) -> subprocess.Popen:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="bench/run", description="direct vs nginx vs llama-balancer")
     ap.add_argument("--scenarios", default="S1,S2,S3,S4")
-    ap.add_argument("--targets", default=",".join(TARGETS))
+    ap.add_argument("--targets", default=",".join(TARGETS + REFERENCES),
+                    help=f"comma-separated (default: all); {', '.join(REFERENCES)} are reference points "
+                         "(bench/reference/), never judged")
     ap.add_argument("--rounds", type=int, default=None, help="default 2 (1 with --smoke)")
     ap.add_argument("--smoke", action="store_true", help="seconds-long run that checks the harness works")
     ap.add_argument("--out", default=str(BENCH / "results"), help="folder for the JSON results")
@@ -422,8 +430,8 @@ def main(argv: list[str] | None = None) -> int:
     if (os.cpu_count() or 1) < 2:
         notes.append("fewer than 2 cores: nothing was pinned.")
     for t in targets:
-        if t not in TARGETS:
-            raise SystemExit(f"bench: unknown target {t!r}")
+        if t not in TARGETS + REFERENCES:
+            raise SystemExit(f"bench: unknown target {t!r} (known: {', '.join(TARGETS + REFERENCES)})")
     if "nginx" in targets:
         nginx_binary()
     workdir = Path(tempfile.mkdtemp(prefix="llama-bench-"))
@@ -446,6 +454,8 @@ def main(argv: list[str] | None = None) -> int:
             for r in range(rounds):
                 order = targets if r % 2 == 0 else list(reversed(targets))  # interleave, alternate order
                 for t in order:
+                    if t in REFERENCES and s not in REFERENCE_SCENARIOS[t]:
+                        continue
                     print(f"[bench] {s} round {r + 1}/{rounds}: {t} ...", file=sys.stderr, flush=True)
                     prof = (Path(args.out) / f"profile-{s}-r{r + 1}.collapsed") if args.profile else None
                     if prof is not None:

@@ -11,6 +11,10 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGETS = ("direct", "nginx", "balancer")
+# Reference points (bench/reference/): what any design on aiohttp.web, and the least a
+# Python proxy on asyncio protocols, can do on the same core. Measured, never judged.
+REFERENCES = ("aiohttp-only", "raw-proxy")
+REFERENCE_SCENARIOS = {"aiohttp-only": ("S1",), "raw-proxy": ("S1", "S2", "S3", "S4")}
 # The targets: llama-balancer against nginx in the same run.
 S1_RPS_RATIO, S2_TTFT50_RATIO, S2_TTFT99_RATIO, S2_SPS_RATIO = 0.5, 1.2, 1.5, 0.9
 S3_RSS_MIB, S3_CPU_RATIO, S4_RSS_MIB = 100.0, 3.0, 400.0
@@ -27,7 +31,7 @@ def summarize(runs: list[dict[str, Any]], scenarios: list[str]) -> dict[str, Any
             "streams", "proxy_cpu_s", "proxy_peak_rss_mib", "backend_cpu_s", "elapsed_s")
     for s in scenarios:
         out[s] = {}
-        for t in TARGETS:
+        for t in TARGETS + REFERENCES:
             rs = [r for r in runs if r["scenario"] == s and r["target"] == t]
             if not rs:
                 continue
@@ -109,11 +113,13 @@ def markdown(meta: dict[str, Any], summary: dict[str, Any], checks: list[dict[st
                     v = v / 1000
                 cells.append(_f(v, fmt))
             lines.append(f"| {t} | " + " | ".join(cells) + " |")
-        bal, ngx = rows.get("balancer"), rows.get("nginx")
-        if bal and ngx:
-            ratio_keys = [c for c in cols[s] if c[1] not in ("streams",)] + [("proxy CPU s", "proxy_cpu_s", "")]
-            parts = [f"{label} {_f(_ratio(bal.get(k), ngx.get(k)), '{:.2f}')}x" for label, k, _ in ratio_keys]
-            lines.append(f"| balancer / nginx | " + "; ".join(parts) + " |" + " |" * (len(spec) - 1))
+        ngx = rows.get("nginx")
+        ratio_keys = [c for c in cols[s] if c[1] not in ("streams",)] + [("proxy CPU s", "proxy_cpu_s", "")]
+        for name in ("balancer",) + REFERENCES:
+            row = rows.get(name)
+            if row and ngx:
+                parts = [f"{label} {_f(_ratio(row.get(k), ngx.get(k)), '{:.2f}')}x" for label, k, _ in ratio_keys]
+                lines.append(f"| {name} / nginx | " + "; ".join(parts) + " |" + " |" * (len(spec) - 1))
         lines.append("")
     lines.append("| target | need | measured | holds |")
     lines.append("|---|---|---|---|")

@@ -1,6 +1,7 @@
 """The benchmark harness works: a seconds-long ``--smoke`` run of every scenario against all
-three targets (direct, nginx, llama-balancer). It checks that results were produced, with no
-error and a ``[DONE]`` on every stream -- never how fast anything was.
+three targets (direct, nginx, llama-balancer) and the reference points (bench/reference/).
+It checks that results were produced, with no error and a ``[DONE]`` on every stream --
+never how fast anything was.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 SCENARIOS = ("S1", "S2", "S3", "S4")
 TARGETS = ("direct", "nginx", "balancer")
+REFERENCES = {"aiohttp-only": ("S1",), "raw-proxy": SCENARIOS}
 
 
 def _missing_tools() -> list[str]:
@@ -37,7 +39,8 @@ def smoke(tmp_path_factory: pytest.TempPathFactory) -> dict:
         pytest.skip(message)
     out = tmp_path_factory.mktemp("bench")
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "harness.py"), "--smoke", "--no-doc", "--out", str(out)],
+        [sys.executable, str(ROOT / "bench" / "harness.py"), "--smoke", "--no-doc", "--out", str(out),
+         "--targets", ",".join(TARGETS + tuple(REFERENCES))],
         cwd=ROOT, capture_output=True, text=True, timeout=120,
     )
     assert proc.returncode == 0, f"bench --smoke failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
@@ -46,7 +49,8 @@ def smoke(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 def test_smoke_measures_every_scenario_against_every_target(smoke: dict) -> None:
     seen = {(run["scenario"], run["target"]) for run in smoke["runs"]}
-    assert seen == {(s, t) for s in SCENARIOS for t in TARGETS}
+    references = {(s, t) for t, scenarios in REFERENCES.items() for s in scenarios}
+    assert seen == {(s, t) for s in SCENARIOS for t in TARGETS} | references
 
 
 def test_smoke_runs_have_no_errors(smoke: dict) -> None:
