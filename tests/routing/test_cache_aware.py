@@ -112,9 +112,13 @@ async def one_server(sims, balancer, http):
     return start
 
 
-@pytest.mark.parametrize("hold_s, slot, reason, waited", [(0.5, 0, "prefix", True), (0.0, 1, "spare-slot", False)])
-async def test_a_request_waits_briefly_for_the_busy_slot_holding_its_prompt(one_server, http, hold_s, slot, reason, waited):
-    b1, runtime = await one_server(cache_hold_s=hold_s)
+@pytest.mark.parametrize("routing, slot, reason, waited", [
+    ({"cache_hold_s": 0.5}, 0, "prefix", True),
+    ({"cache_hold_s": 0.0}, 1, "spare-slot", False),  # holding turned off
+    ({"cache_hold_s": 0.5, "queue_max": 0}, 1, "spare-slot", False),  # no room to wait: no 429 for it
+], ids=["hold", "no-hold", "queue-full"])
+async def test_a_request_waits_briefly_for_the_busy_slot_holding_its_prompt(one_server, http, routing, slot, reason, waited):
+    b1, runtime = await one_server(**routing)
     # Conversation A continues on slot 0, which stays busy for ~0.2 s ...
     a_task = asyncio.create_task(send(http, runtime, chat(SYSTEM_A, ["first", "w0", "second"], tokens=10), "10.0.0.1"))
     await wait_until(lambda: runtime.context.registry.state("B1").total == 1)

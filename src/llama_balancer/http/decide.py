@@ -40,7 +40,9 @@ async def obtain(ctx: AppContext, ex: Exchange, resolved: Resolved, excluded: se
     ticket: Ticket | None = None
     try:
         while True:
-            decision = decide(ctx, ex, resolved, excluded)
+            # Holding out for a cached slot needs a place in the queue: never a 429 for it.
+            may_hold = ticket is not None or len(ctx.queue) < routing.queue_max
+            decision = decide(ctx, ex, resolved, excluded, may_hold)
             if isinstance(decision, Place):
                 if ticket is None or not _better_waiter(ctx, ticket, decision, resolved):
                     return decision
@@ -102,7 +104,7 @@ def _enqueue(ctx: AppContext, ex: Exchange, resolved: Resolved, queue_max: int, 
                              headers={"Retry-After": "1"}) from None
 
 
-def decide(ctx: AppContext, ex: Exchange, resolved: Resolved, excluded: set[str]) -> Decision:
+def decide(ctx: AppContext, ex: Exchange, resolved: Resolved, excluded: set[str], may_hold: bool = True) -> Decision:
     config: Config = ctx.config
     routing = config.balancer.routing
     candidates = [name for name in resolved.candidates or () if name not in excluded]
@@ -119,7 +121,7 @@ def decide(ctx: AppContext, ex: Exchange, resolved: Resolved, excluded: set[str]
     else:
         binding = ctx.sticky.get(ex.identity, resolved.requested)
         sticky = (binding.server, binding.instance) if binding is not None else None
-        hold_s = ex.started + routing.cache_hold_s - time.monotonic()
+        hold_s = ex.started + routing.cache_hold_s - time.monotonic() if may_hold else 0.0
         decision = place(targets, sticky, resolved.fingerprint.chars, routing.knobs(), hold_s)
     if isinstance(decision, Reject) and targets:
         # Every target looks unhealthy. Polls can be wrong (an agent down beside a working
