@@ -20,7 +20,7 @@ from .http.app import build_app
 from .http.context import AppContext
 from .io.config_watch import ConfigWatcher
 from .io.gpu import GpuMonitor, GpuSampler, detect_sampler
-from .io.observability import AccessLog, Metrics, queue_gauges
+from .io.observability import AccessLog, Metrics, QuietProtocolErrors, queue_gauges
 from .io.pollers import Pollers
 from .io.upstream import UpstreamClient
 from .state.access_stats import AccessStats
@@ -102,6 +102,7 @@ class Runtime:
             shutdown_timeout=options.drain_grace_s,
             max_line_size=options.max_header_bytes, max_field_size=options.max_header_bytes,
             max_headers=options.max_headers,
+            logger=QuietProtocolErrors(logging.getLogger("aiohttp.server")),
         )
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port, backlog=4096, reuse_address=True)

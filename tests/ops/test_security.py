@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import openai
 import pytest
@@ -114,11 +115,16 @@ async def test_absolute_uri_and_connect_targets_are_refused(sims, balancer, requ
     assert pc1.events == []
 
 
-async def test_oversized_headers_are_refused_before_any_handler(sims, balancer):
+async def test_oversized_headers_are_refused_before_any_handler(sims, balancer, caplog):
     pc1 = await sims(name="PC1", models=[MODEL])
     runtime = await balancer({"servers": {"PC1": server_entry(pc1)}, "balancer": {"max_header_bytes": 2048}})
     big = b"X-Big: " + b"a" * 4000
-    answer = await raw_request(runtime.port, b"GET /v1/models HTTP/1.1\r\nHost: x\r\n" + big + b"\r\nConnection: close\r\n\r\n")
+    with caplog.at_level(logging.WARNING, logger="aiohttp.server"):
+        answer = await raw_request(runtime.port, b"GET /v1/models HTTP/1.1\r\nHost: x\r\n" + big + b"\r\nConnection: close\r\n\r\n")
     status_line = answer.split(b"\r\n", 1)[0]
     assert status_line.split(b" ")[1] in (b"400", b"431"), status_line
     assert pc1.events == []
+    # The client's mistake is one warning line in the server log, not an ERROR traceback.
+    [record] = [r for r in caplog.records if r.name == "aiohttp.server"]
+    assert record.levelno == logging.WARNING and record.exc_info is None
+    assert "LineTooLong" in record.getMessage()

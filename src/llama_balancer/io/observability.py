@@ -11,6 +11,7 @@ import queue
 import sys
 from typing import Any, Callable, Iterable
 
+import aiohttp.http_exceptions
 import orjson
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
@@ -162,3 +163,26 @@ def access_entry(ex: Exchange, wall: float) -> dict:
         "prompt_tokens": usage.prompt_tokens if usage else None,
         "completion_tokens": usage.completion_tokens if usage else None,
     }
+
+
+class QuietProtocolErrors(logging.LoggerAdapter):
+    """aiohttp's server log, minus tracebacks for what clients do wrong.
+
+    aiohttp logs a malformed request (a header over ``max_header_bytes``, a broken request
+    line) or a client resetting its connection mid-request with a full traceback at ERROR,
+    although the client got its 400 or is gone, and nothing in the balancer failed. Those
+    become one WARNING line naming the error; anything else passes through unchanged.
+    """
+
+    QUIET = (aiohttp.http_exceptions.HttpProcessingError, ConnectionError)
+
+    def __init__(self, logger: logging.Logger) -> None:
+        super().__init__(logger, {})
+
+    def log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info")
+        if isinstance(exc, self.QUIET) and level >= logging.ERROR:
+            kwargs["exc_info"] = None
+            level = logging.WARNING
+            msg = f"{msg}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".rstrip(": ")
+        super().log(level, msg, *args, **kwargs)
