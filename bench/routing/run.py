@@ -1,6 +1,6 @@
 """One command for the routing-quality bench.
 
-    .venv/bin/python -m bench.routing.run                 # W1-W3 x 4 policies (~9 min), updates docs/routing.md
+    .venv/bin/python -m bench.routing.run                 # W1-W3, W2m x 4 policies (~12 min), updates docs/routing.md
     .venv/bin/python -m bench.routing.run --workloads W2 --policies round-robin,cache-aware --duration 20
     .venv/bin/python -m bench.routing.run --smoke         # seconds-long check that the bench works (CI)
 
@@ -38,12 +38,13 @@ DOC_TEMPLATE = "# Routing quality\n"
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.routing.run", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--workloads", default="W1,W2,W3", help="comma-separated: W1,W2,W3")
+    p.add_argument("--workloads", default="W1,W2,W3,W2m", help="comma-separated: W1,W2,W3,W2m "
+                   "(W2m: W2 at moderate load, a reference beside the issue's workloads)")
     p.add_argument("--policies", default=",".join(POLICIES), help="comma-separated: " + ",".join(POLICIES))
     p.add_argument("--duration", type=float, default=None, help="seconds per (workload, policy) run "
                    "(default: 30 for W1, 40 for W2 and W3)")
     p.add_argument("--think", type=_range, default=None, metavar="MIN-MAX",
-                   help="think time between turns in seconds, e.g. 1-2 (default 0.2-1)")
+                   help="think time between turns in seconds, e.g. 1-2 (default 0.2-1; W2m 2-5)")
     p.add_argument("--turns", type=_range, default=None, metavar="MIN-MAX",
                    help="turns per conversation, e.g. 4-10 (default 40-60 for W1, 4-10 for W2 and W3)")
     p.add_argument("--seed", type=int, default=1)
@@ -70,7 +71,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ns = p.parse_args(argv)
     if ns.balancer_src is not None and (ns.smoke or ns.inprocess):
         p.error("--balancer-src needs the balancer in its own process (not --smoke or --inprocess)")
-    ns.workloads = _choices(ns.workloads, ("W1", "W2", "W3"), p)
+    ns.workloads = _choices(ns.workloads, tuple(FULL), p)
     ns.policies = _choices(ns.policies, POLICIES, p)
     ns.routing_overrides = _overrides(ns.routing, p)
     ns.balancer_overrides = _overrides(ns.balancer, p)

@@ -80,6 +80,11 @@ FULL: dict[str, Workload] = {
     "W2": Workload("W2", "64 concurrent conversations over the 8 slots", 64, 40.0, _backends()),
     "W3": Workload("W3", f"W2 with one backend ({SLOW_BACKEND}) 3x slower", 64, 40.0,
                    _backends(slow=SLOW_BACKEND)),
+    # Not the issue's: W2 with clients thinking 2-5 s, so round-robin keeps the slots about
+    # 60 % busy and rarely queues. W2 itself saturates the slots, and TTFT there measures the
+    # queue's length (docs/routing.md, point 5); here it measures where requests went.
+    "W2m": Workload("W2m", "W2 at moderate load (think 2-5 s; a reference, not the issue's)", 64, 40.0,
+                    _backends(), think_s=(2.0, 5.0)),
 }
 
 _SMOKE_KW: dict[str, Any] = dict(system_tokens=(60, 90, 120), turns=(2, 2), user_tokens=(5, 10),
@@ -90,6 +95,7 @@ SMOKE: dict[str, Workload] = {
     "W2": Workload("W2", "smoke: 16 conversations", 16, 10.0, _backends(fast=True), **_SMOKE_KW),
     "W3": Workload("W3", "smoke: 16 conversations, one slow backend", 16, 10.0,
                    _backends(slow=SLOW_BACKEND, prompt_tps=1e6, gen_tps=2000.0), **_SMOKE_KW),
+    "W2m": Workload("W2m", "smoke: 16 conversations, moderate load", 16, 10.0, _backends(fast=True), **_SMOKE_KW),
 }
 
 

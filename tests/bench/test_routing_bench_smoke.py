@@ -20,7 +20,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.routing.workload import FULL, Scripts, make_text, message_tokens  # noqa: E402
 
-WORKLOADS = ("W1", "W2", "W3")
+WORKLOADS = ("W1", "W2", "W3", "W2m")
 POLICIES = ("round-robin", "least-loaded", "classic", "cache-aware")
 
 
