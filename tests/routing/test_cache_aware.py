@@ -132,3 +132,5 @@ async def test_a_request_waits_briefly_for_the_busy_slot_holding_its_prompt(one_
     assert recent["reason"] == reason
     assert (recent["queue_wait_ms"] > 0) is waited
     assert runtime.context.registry.total_inflight() == 0 and len(runtime.context.queue) == 0
+    # what the hold went by shows in the snapshot: ~0.2 s per request on a slot here
+    assert 0.1 < (await snapshot(http, runtime))["backends"]["B1"]["slot_occupancy_s"] < 2

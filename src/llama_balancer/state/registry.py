@@ -235,7 +235,8 @@ class Registry:
 
     @staticmethod
     def _extras(state: BackendState, now: float) -> dict[str, Any]:
-        """Our additions to a backend's snapshot entry: kind, passive health, polled load."""
+        """Our additions to a backend's snapshot entry: kind, passive health, polled load, and
+        how long our pinned requests keep a slot (what the cache-aware hold expects)."""
         load = state.load
         return {
             "kind": state.kind,
@@ -247,4 +248,5 @@ class Registry:
             "polled_running": load.running if load else None,
             "polled_waiting": load.waiting if load else None,
             "kv_usage": load.kv_usage if load else None,
+            "slot_occupancy_s": None if state.pace.occupancy_s is None else round(state.pace.occupancy_s, 3),
         }
