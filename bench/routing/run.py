@@ -48,6 +48,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--turns", type=_range, default=None, metavar="MIN-MAX",
                    help="turns per conversation, e.g. 4-10 (default 40-60 for W1, 4-10 for W2 and W3)")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--cache-ram-prompts", type=int, default=0, metavar="N",
+                   help="give every sim a host prompt cache of N prompts, like llama-server's default "
+                        "--cache-ram (default 0: off, as the issue's targets assume)")
     p.add_argument("--identity", choices=("user", "ip"), default="user",
                    help="user: each conversation names a distinct user in its system prompt; "
                         "ip: no name, all conversations share the client's IP")
@@ -118,6 +121,8 @@ async def run_one(workload_name: str, policy: str, ns: argparse.Namespace, workd
         wl = replace(wl, think_s=ns.think)
     if ns.turns is not None:
         wl = replace(wl, turns=(max(1, int(ns.turns[0])), max(1, int(ns.turns[1]))))
+    if ns.cache_ram_prompts:
+        wl = replace(wl, backends=tuple(replace(b, cache_ram_prompts=ns.cache_ram_prompts) for b in wl.backends))
     scripts = Scripts(wl, ns.seed, ns.identity)
     async with Stack(wl.backends, policy, ns.kind, workdir / f"{workload_name}-{policy}",
                      inprocess=ns.smoke or ns.inprocess, routing=ns.routing_overrides,

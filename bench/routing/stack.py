@@ -50,7 +50,8 @@ async def start_sims(specs: list[dict[str, Any]]) -> tuple[list[Any], dict[str, 
     try:
         for spec in specs:
             cfg = SimConfig(name=spec["name"], models=[MODEL], slots=spec["slots"], prompt_tps=spec["prompt_tps"],
-                            gen_tps=spec["gen_tps"], ctx_per_slot=spec["ctx"], fast=spec["fast"])
+                            gen_tps=spec["gen_tps"], ctx_per_slot=spec["ctx"], fast=spec["fast"],
+                            cache_ram_prompts=spec.get("cache_ram_prompts", 0))
             sim = await start_sim(cfg, "127.0.0.1", 0)
             sims.append(sim)
             ports[spec["name"]] = sim.port

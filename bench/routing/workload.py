@@ -29,10 +29,12 @@ class BackendSpec:
     gen_tps: float = 200.0
     ctx: int = 16384
     fast: bool = False
+    cache_ram_prompts: int = 0  # llama-server --cache-ram, in prompts (0: off, the setting)
 
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "slots": self.slots, "prompt_tps": self.prompt_tps,
-                "gen_tps": self.gen_tps, "ctx": self.ctx, "fast": self.fast}
+                "gen_tps": self.gen_tps, "ctx": self.ctx, "fast": self.fast,
+                "cache_ram_prompts": self.cache_ram_prompts}
 
 
 @dataclass(frozen=True)

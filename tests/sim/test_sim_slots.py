@@ -88,6 +88,19 @@ async def test_id_slot_pins_the_request_to_that_slot(make_sim, session):
         assert (await resp.json())["id_slot"] == 1
 
 
+@pytest.mark.parametrize("kept, restored", [(0, False), (4, True)], ids=["cache-ram-off", "cache-ram-on"])
+async def test_a_host_prompt_cache_restores_an_evicted_prompt_into_the_slot(make_sim, session, kept, restored):
+    sim = await make_sim(fast=True, slots=1, cache_ram_prompts=kept)
+    story = chat("Tell me a long story about dragons and castles. " * 3)
+    first = await post_chat(session, sim, story)
+    await post_chat(session, sim, chat("Give me a recipe for bread with seeds and honey. " * 3))  # evicts it
+    again = await post_chat(session, sim, story, id_slot=0)
+    n = first["usage"]["prompt_tokens"]
+    # Without a host cache only the shared chat-template start ("<|user|>") is reused.
+    assert again["timings"]["cache_n"] == n - 1 if restored else again["timings"]["cache_n"] < 10
+    assert [e["slot"] for e in sim.events] == [0, 0, 0]
+
+
 async def test_cache_prompt_false_evaluates_the_whole_prompt(make_sim, session):
     sim = await make_sim(fast=True, slots=1)
     body = {"prompt": "same prompt every time", "n_predict": 1}

@@ -31,6 +31,10 @@ class SimConfig:
     drop_after_chunks: int = 2
     llmhealth: str | None = None
     chunk_delay_s: float | None = None
+    # llama-server's --cache-ram: prompts evicted from a slot are kept in host memory and
+    # restored into whichever slot a later request with that prefix gets. Counted in
+    # prompts here (the real one counts MiB); 0 = off, like --cache-ram 0.
+    cache_ram_prompts: int = 0
 
     def __post_init__(self) -> None:
         check_fault(self.fault)
@@ -105,6 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--llmhealth", choices=LLMHEALTH_MODES, default=None)
     p.add_argument("--chunk-delay", type=float, default=None,
                    help="fixed seconds between streamed tokens (overrides --gen-tps)")
+    p.add_argument("--cache-ram-prompts", type=int, default=0,
+                   help="evicted slot prompts kept in host memory and restored, like llama-server's "
+                        "--cache-ram (default 0: off)")
     return p
 
 
@@ -126,5 +133,6 @@ def parse_args(argv: list[str] | None = None) -> CliOptions:
         drop_after_chunks=ns.drop_after,
         llmhealth=ns.llmhealth,
         chunk_delay_s=ns.chunk_delay,
+        cache_ram_prompts=ns.cache_ram_prompts,
     )
     return CliOptions(config=config, host=ns.host, port=ns.port)

@@ -15,7 +15,7 @@ from typing import Any
 
 from .config import SimConfig
 from .parse import Job
-from .slots import Slot
+from .slots import Slot, SlotPool
 from .state import SimState
 from .tokens import generated_piece
 
@@ -89,16 +89,16 @@ async def working(state: SimState, run: Run) -> AsyncIterator[Slot]:
     job = run.job
     async with state.pools[job.instance].occupy(job.tokens, job.id_slot) as slot:
         run.slot_id = slot.id
-        _start_task(slot, run)
+        _start_task(state.pools[job.instance], slot, run)
         try:
             yield slot
         finally:
             _finish_task(state, run, slot)
 
 
-def _start_task(slot: Slot, run: Run) -> None:
+def _start_task(pool: SlotPool, slot: Slot, run: Run) -> None:
     job = run.job
-    run.cache_n = slot.reuse_len(job.tokens) if job.cache_prompt else 0
+    run.cache_n = pool.reuse(slot, job.tokens) if job.cache_prompt else 0
     run.prompt_n = len(job.tokens) - run.cache_n
     slot.id_task = run.task_id
     slot.n_prompt = len(job.tokens)

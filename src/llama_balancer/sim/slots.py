@@ -8,6 +8,11 @@ may pin a slot with ``id_slot`` (an id as /slots shows it; -1 or another instanc
 means any). When no suitable slot is idle the request waits, first come first served,
 and is counted as deferred. After a request the slot caches prompt + generated tokens, as the
 real server keeps them in its KV cache.
+
+With a host prompt cache (``cache_ram_prompts`` > 0, llama-server's ``--cache-ram``), a
+slot's prompt that a new task overwrites is kept in host memory (least recently used out),
+and a task whose prompt shares a longer prefix with a kept prompt than with its slot's own
+gets that prompt restored into the slot first.
 """
 
 from __future__ import annotations
@@ -86,10 +91,33 @@ class _Waiter:
 class SlotPool:
     """The slots of one instance and the requests waiting for them."""
 
-    def __init__(self, instance: str, first_id: int, count: int, n_ctx: int) -> None:
+    def __init__(self, instance: str, first_id: int, count: int, n_ctx: int, host_prompts: int = 0) -> None:
         self.instance = instance
         self.slots = [Slot(id=first_id + i, instance=instance, n_ctx=n_ctx) for i in range(count)]
         self._waiters: deque[_Waiter] = deque()
+        self.host_prompts = host_prompts
+        self.host: list[list[str]] = []  # kept prompts, least recently used first
+
+    def reuse(self, slot: Slot, tokens: list[str]) -> int:
+        """Cached tokens a task starting on ``slot`` reuses; with a host cache, first swap in
+        the kept prompt sharing the longest prefix if it beats the slot's own."""
+        own = slot.reuse_len(tokens)
+        if self.host_prompts <= 0:
+            return own
+        best = max(self.host, key=lambda kept: common_prefix_len(kept, tokens), default=None)
+        if best is not None and min(common_prefix_len(best, tokens), len(tokens) - 1) > own:
+            self.host.remove(best)
+            self._keep(slot.cached)
+            slot.cached = best
+            return slot.reuse_len(tokens)
+        if common_prefix_len(slot.cached, tokens) < len(slot.cached):
+            self._keep(slot.cached)  # this task overwrites the rest of it
+        return own
+
+    def _keep(self, tokens: list[str]) -> None:
+        if tokens:
+            self.host.append(list(tokens))
+            del self.host[:-self.host_prompts]
 
     @property
     def busy_count(self) -> int:

@@ -25,7 +25,7 @@ class SimState:
         self.config = config
         self.instances = config.instance_names()
         self.pools: dict[str, SlotPool] = {
-            name: SlotPool(name, i * config.slots, config.slots, config.ctx_per_slot)
+            name: SlotPool(name, i * config.slots, config.slots, config.ctx_per_slot, config.cache_ram_prompts)
             for i, name in enumerate(self.instances)
         }
         self.stats = Stats()
