@@ -8,14 +8,14 @@ from aiohttp import web
 from ..core.errors import PayloadTooLarge
 from ..io.forward import relay_response
 from .context import context_of
-from .recording import begin_exchange, finish_exchange
+from .recording import begin_exchange_for, finish_exchange
 from .upstream_headers import headers_for
 
 
 async def handle_proxy(request: web.Request) -> web.StreamResponse:
     ctx = context_of(request)
     config = ctx.config
-    ex = begin_exchange(ctx, request, "(proxy)")
+    ex = begin_exchange_for(ctx, request, "(proxy)")
     ex.server, ex.reason = config.fallback, "fallback"
     error: BaseException | None = None
     try:
@@ -23,7 +23,7 @@ async def handle_proxy(request: web.Request) -> web.StreamResponse:
         if request.content_length is not None and request.content_length > limit:
             raise PayloadTooLarge(f"request body of {request.content_length} bytes exceeds the limit of {limit} bytes")
         server = config.servers[config.fallback]
-        headers = headers_for(ctx, request, server, ex.request_id, body_replaced=False)
+        headers = headers_for(ctx, request.headers, server, ex.request_id, body_replaced=False)
         data = _limited_body(request, limit) if request.body_exists else None
         async with ctx.client.open(request.method, server.model_base + request.path_qs, headers=headers,
                                    data=data, server=config.fallback) as upstream:

@@ -11,10 +11,17 @@ from ..state.exchange import Exchange
 from .context import REQUEST_ID, AppContext
 
 
-def begin_exchange(ctx: AppContext, request: web.Request, endpoint_label: str) -> Exchange:
-    ip = client_ip(request.headers.get("X-Forwarded-For"), request.remote, ctx.trusted)
-    return Exchange(request_id=request[REQUEST_ID], endpoint=request.path, endpoint_label=endpoint_label,
+def begin_exchange(ctx: AppContext, request_id: str, path: str, endpoint_label: str, forwarded_for: str | None,
+                   peer: str | None) -> Exchange:
+    ip = client_ip(forwarded_for, peer, ctx.trusted)
+    return Exchange(request_id=request_id, endpoint=path, endpoint_label=endpoint_label,
                     started=time.monotonic(), ip=ip, identity=ip)
+
+
+def begin_exchange_for(ctx: AppContext, request: web.Request, endpoint_label: str) -> Exchange:
+    """An exchange for a request that aiohttp parsed."""
+    return begin_exchange(ctx, request[REQUEST_ID], request.path, endpoint_label,
+                          request.headers.get("X-Forwarded-For"), request.remote)
 
 
 def finish_exchange(ctx: AppContext, ex: Exchange, error: BaseException | None) -> None:

@@ -3,13 +3,20 @@
 The original bytes are forwarded unless a rewrite rule, an instance choice or a slot pin
 changed the body. A failure before the first byte reached the client (connect refused,
 reset, timeout, or a 502/503/504 answer) is retried on the next eligible backend.
+
+The logic is the same whoever carries the bytes: ``route_call`` takes the request as a
+``Call`` and one backend attempt as an ``Attempt``. The native front (``front.py``) serves
+most requests with its own; ``handle_routed`` is the aiohttp one, for connections that
+aiohttp serves (those handed over by the front).
 """
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable, Generic, Protocol, TypeVar
 
 import orjson
 from aiohttp import web
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from ..core.config import ServerConfig
 from ..core.errors import UpstreamError
@@ -22,7 +29,7 @@ from ..state.exchange import Exchange
 from .body import model_of, parse_payload, read_limited
 from .context import AppContext, context_of
 from .decide import Resolved, obtain
-from .recording import begin_exchange, finish_exchange
+from .recording import begin_exchange_for, finish_exchange
 from .upstream_headers import headers_for
 
 # OpenAI-style paths must name a model; llama.cpp's native ones may omit it (-> fallback).
@@ -35,6 +42,9 @@ MODEL_OPTIONAL = ("/completion", "/completions", "/infill", "/embedding", "/embe
 SLOT_PINNABLE = frozenset({"/v1/chat/completions", "/v1/completions", "/completion", "/completions", "/infill"})
 
 
+R = TypeVar("R", covariant=True)
+
+
 class RetryElsewhere(Exception):
     """A failure before any byte reached the client: another backend may take the request."""
 
@@ -43,24 +53,66 @@ class RetryElsewhere(Exception):
         self.server, self.kind, self.error = server, kind, error
 
 
+@dataclass
+class Call:
+    """A model-bearing request as the routing logic needs it, whoever parsed it."""
+
+    method: str
+    path: str
+    path_qs: str
+    headers: CIMultiDict[str] | CIMultiDictProxy[str]
+    body: bytes
+
+
+class Attempt(Protocol, Generic[R]):
+    """Send ``body`` to ``server`` and relay its answer to the client. Before relaying, it
+    raises RetryElsewhere for a retryable status (unless ``last_try``), else calls
+    ``answered``; an UpstreamError before the answer started propagates."""
+
+    def __call__(self, server: ServerConfig, call: Call, headers: CIMultiDict[str], body: bytes, ex: Exchange,
+                 last_try: bool, answered: Callable[[], None]) -> Awaitable[R]: ...
+
+
 async def handle_routed(request: web.Request) -> web.StreamResponse:
+    """The aiohttp front for the routed endpoints."""
     ctx = context_of(request)
-    ex = begin_exchange(ctx, request, request.path)
+    ex = begin_exchange_for(ctx, request, request.path)
     error: BaseException | None = None
     try:
         raw = await read_limited(request, ctx.config.balancer.max_body_bytes)
-        payload = parse_payload(raw)
-        ex.model = model_of(payload, required=request.path in MODEL_REQUIRED)
-        ex.user = user_from_messages(payload.get("messages"))
-        ex.identity = ex.user or ex.ip
-        if ex.model is None:
-            return await _send_to_fallback(ctx, request, ex, raw)
-        return await _route_and_send(ctx, request, ex, resolve(ctx, ex.model, payload), raw)
+        call = Call(request.method, request.path, request.path_qs, request.headers, raw)
+        return await route_call(ctx, call, ex, _aiohttp_attempt(ctx, request))
     except BaseException as exc:
         error = exc
         raise
     finally:
         finish_exchange(ctx, ex, error)
+
+
+def _aiohttp_attempt(ctx: AppContext, request: web.Request) -> Attempt[web.StreamResponse]:
+    retry_statuses = ctx.config.balancer.routing.retry_statuses
+
+    async def attempt(server: ServerConfig, call: Call, headers: CIMultiDict[str], body: bytes, ex: Exchange,
+                      last_try: bool, answered: Callable[[], None]) -> web.StreamResponse:
+        name = ex.server or ""
+        async with ctx.client.open(call.method, server.model_base + call.path_qs, headers=headers, data=body,
+                                   server=name) as upstream:
+            if not last_try and upstream.status in retry_statuses:
+                raise RetryElsewhere(name, f"http_{upstream.status}", None)
+            answered()
+            return await relay_response(request, upstream, name, ex)
+    return attempt
+
+
+async def route_call(ctx: AppContext, call: Call, ex: Exchange, attempt: Attempt[R]) -> R:
+    """Parse, resolve, place and send one model-bearing request; errors propagate as ours."""
+    payload = parse_payload(call.body)
+    ex.model = model_of(payload, required=call.path in MODEL_REQUIRED)
+    ex.user = user_from_messages(payload.get("messages"))
+    ex.identity = ex.user or ex.ip
+    if ex.model is None:
+        return await _send_to_fallback(ctx, call, ex, call.body, attempt)
+    return await _route_and_send(ctx, call, ex, resolve(ctx, ex.model, payload), attempt)
 
 
 def resolve(ctx: AppContext, requested: str, payload: dict[str, Any]) -> Resolved:
@@ -72,31 +124,31 @@ def resolve(ctx: AppContext, requested: str, payload: dict[str, Any]) -> Resolve
                     ctx.config.candidates_for(requested), fingerprint(body))
 
 
-async def _send_to_fallback(ctx: AppContext, request: web.Request, ex: Exchange, raw: bytes) -> web.StreamResponse:
+async def _send_to_fallback(ctx: AppContext, call: Call, ex: Exchange, raw: bytes, attempt: Attempt[R]) -> R:
     name = ctx.config.fallback
     ex.server, ex.instance, ex.reason = name, ex.model or "", "fallback"
     if ex.model is not None:
         ex.model_label = _label(ctx, name, ex.model)
-    return await _send(ctx, request, ex, ctx.config.servers[name], raw, pinned=None, last_try=True, resolved=None)
+    return await _send(ctx, call, ex, ctx.config.servers[name], raw, None, True, None, attempt)
 
 
-async def _route_and_send(ctx: AppContext, request: web.Request, ex: Exchange, resolved: Resolved,
-                          raw: bytes) -> web.StreamResponse:
+async def _route_and_send(ctx: AppContext, call: Call, ex: Exchange, resolved: Resolved, attempt: Attempt[R]) -> R:
     if resolved.candidates is None:
-        return await _send_to_fallback(ctx, request, ex, orjson.dumps(resolved.body) if resolved.rewritten else raw)
+        raw = orjson.dumps(resolved.body) if resolved.rewritten else call.body
+        return await _send_to_fallback(ctx, call, ex, raw, attempt)
     routing = ctx.config.balancer.routing
     excluded: set[str] = set()
     first_failure: str | None = None
     while True:
         placed = await obtain(ctx, ex, resolved, excluded)
         server = ctx.config.servers[placed.server]
-        pinned = _pin(ctx, request, placed)
-        body = _body_for(resolved, raw, placed, pinned)
+        pinned = _pin(ctx, call.path, placed)
+        body = _body_for(resolved, call.body, placed, pinned)
         ex.server, ex.instance, ex.reason = placed.server, placed.instance, placed.reason
         ex.model_label = _label(ctx, placed.server, resolved.upstream_model)
         last_try = ex.retries >= routing.max_retries or len(excluded) + 1 >= len(resolved.candidates)
         try:
-            response = await _send(ctx, request, ex, server, body, pinned, last_try, resolved)
+            response = await _send(ctx, call, ex, server, body, pinned, last_try, resolved, attempt)
         except RetryElsewhere as failure:
             _note_failure(ctx, ex, failure)
             first_failure = first_failure or failure.server
@@ -116,8 +168,8 @@ def _note_failure(ctx: AppContext, ex: Exchange, failure: RetryElsewhere) -> Non
     ex.retries += 1
 
 
-def _pin(ctx: AppContext, request: web.Request, placed: Place) -> int | None:
-    if placed.id_slot is None or request.path not in SLOT_PINNABLE:
+def _pin(ctx: AppContext, path: str, placed: Place) -> int | None:
+    if placed.id_slot is None or path not in SLOT_PINNABLE:
         return None
     return placed.id_slot if ctx.registry.state(placed.server).kind == "llama.cpp" else None
 
@@ -140,25 +192,24 @@ def _label(ctx: AppContext, server: str, upstream_model: str) -> str:
     return upstream_model if upstream_model in served else "(other)"
 
 
-async def _send(ctx: AppContext, request: web.Request, ex: Exchange, server: ServerConfig, body: bytes,
-                pinned: int | None, last_try: bool, resolved: Resolved | None) -> web.StreamResponse:
-    """One attempt on one backend; ``resolved`` is None for the fallback path (no routing state).
-    Raises RetryElsewhere for a failure before the answer started, unless ``last_try``."""
+async def _send(ctx: AppContext, call: Call, ex: Exchange, server: ServerConfig, body: bytes, pinned: int | None,
+                last_try: bool, resolved: Resolved | None, attempt: Attempt[R]) -> R:
+    """One attempt on one backend, holding its slot; ``resolved`` is None for the fallback path
+    (no routing state). Raises RetryElsewhere for a failure before the answer started, unless
+    ``last_try``."""
     name, instance = ex.server or "", ex.instance or ""
-    url = server.model_base + request.path_qs
-    headers = headers_for(ctx, request, server, ex.request_id, body_replaced=True)
-    retry_statuses = ctx.config.balancer.routing.retry_statuses
+    headers = headers_for(ctx, call.headers, server, ex.request_id, body_replaced=True)
+
+    def answered() -> None:
+        ctx.registry.record_success(name)
+        if resolved is not None:
+            ctx.sticky.bind(ex.identity, ex.ip, resolved.requested, name, instance)
+
     async with ctx.registry.slot(name, instance or "(none)", pinned):
         if resolved is not None:
             ctx.affinity.record(name, instance, pinned, resolved.fingerprint)
         try:
-            async with ctx.client.open(request.method, url, headers=headers, data=body, server=name) as upstream:
-                if not last_try and upstream.status in retry_statuses:
-                    raise RetryElsewhere(name, f"http_{upstream.status}", None)
-                ctx.registry.record_success(name)
-                if resolved is not None:
-                    ctx.sticky.bind(ex.identity, ex.ip, resolved.requested, name, instance)
-                return await relay_response(request, upstream, name, ex)
+            return await attempt(server, call, headers, body, ex, last_try, answered)
         except UpstreamError as exc:
             if last_try:
                 raise

@@ -1,19 +1,18 @@
 """Headers for the upstream request: hygiene, request id, and the backend's own key."""
 from __future__ import annotations
 
-from aiohttp import web
-from multidict import CIMultiDict
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from ..core.config import ServerConfig
 from ..io.headers import upstream_request_headers
 from .context import AppContext
 
 
-def headers_for(ctx: AppContext, request: web.Request, server: ServerConfig, request_id: str,
+def headers_for(ctx: AppContext, incoming: CIMultiDict[str] | CIMultiDictProxy[str], server: ServerConfig, request_id: str,
                 body_replaced: bool) -> CIMultiDict[str]:
     """The client's headers minus hop-by-hop ones; the client's key is ours, not the backend's:
     it is replaced by the server's ``api_key``, or dropped once the balancer checks keys."""
-    headers = upstream_request_headers(request.headers, body_replaced=body_replaced)
+    headers = upstream_request_headers(incoming, body_replaced=body_replaced)
     headers["X-Request-Id"] = request_id
     if server.api_key is not None:
         headers.popall("x-api-key", None)
