@@ -6,6 +6,7 @@ optional sections of ours (``rewrites``, ``balancer``), so existing files load u
 from __future__ import annotations
 
 import re
+from functools import cached_property
 from ipaddress import ip_network
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -18,6 +19,7 @@ from .placement import PlacementKnobs
 from .signals import BackendKind
 from .rewrite import RewriteRule
 
+CANDIDATES_CACHED = 4096  # distinct requested model names whose route is remembered
 _PATH_WORD = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
@@ -85,6 +87,12 @@ class RoutingOptions(BaseModel):
     circuit_open_s: float = Field(10.0, gt=0)
 
     def knobs(self) -> PlacementKnobs:
+        """The placement knobs these options set (built once: the options are frozen)."""
+        return self.placement_knobs
+
+    @cached_property
+    def placement_knobs(self) -> PlacementKnobs:
+        """``knobs()``, cached on the frozen options."""
         return PlacementKnobs(self.balance_abs_threshold, self.balance_rel_threshold, self.min_match_chars,
                               self.min_match_ratio, self.sticky_margin_chars, self.pin_slots,
                               self.hold_min_gain_ratio)
@@ -174,10 +182,24 @@ class Config(BaseModel):
 
     def candidates_for(self, model: str) -> list[str] | None:
         """The ordered server list of the first pattern that fullmatches, else None."""
+        cache = self.candidates_cache
+        try:
+            return cache[model]
+        except KeyError:
+            pass
+        found = None
         for pattern, names in self._routes:
             if pattern.fullmatch(model):
-                return names
-        return None
+                found = names
+                break
+        if len(cache) < CANDIDATES_CACHED:  # model names come from clients: bounded
+            cache[model] = found
+        return found
+
+    @cached_property
+    def candidates_cache(self) -> dict[str, list[str] | None]:
+        """``candidates_for``'s answers so far (this config is frozen, so they hold)."""
+        return {}
 
 
 def parse_config(raw: bytes | str) -> Config:

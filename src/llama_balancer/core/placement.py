@@ -44,12 +44,15 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal, Mapping, Sequence, Union
 
+from .frozen import quick_init
+
 TargetStatus = Literal["idle", "busy", "invalid", "suspect"]
 # The last four are the classic (SPEC Part A) policy's and the baselines' reasons.
 Reason = Literal["sticky", "prefix", "least-loaded", "spare-slot", "fallback",
                  "round-robin", "free-instance", "idle", "last-resort"]
 
 
+@quick_init
 @dataclass(frozen=True)
 class Target:
     """One server x instance the request may go to, as the state layer sees it now."""
@@ -94,6 +97,7 @@ class PlacementKnobs:
     hold_min_gain_ratio: float = 0.25
 
 
+@quick_init
 @dataclass(frozen=True)
 class Place:
     server: str
@@ -136,11 +140,14 @@ def place(
     if not pool:
         message = "no healthy backend for this model" if targets else "no backend for this model"
         return Reject(503, message)
-    open_ = [t for t in pool if not t.full]
+    open_ = [t for t in pool if t.capacity is None or t.capacity > 0]  # not t.full
     if not open_:
         return Queue(f"all {len(pool)} eligible targets are full")
-    floor = min(t.load for t in open_)
-    fair = [t for t in open_ if not overloaded(t.load, floor, knobs)]
+    if len(open_) == 1:
+        fair = open_  # the least-loaded target is never overloaded
+    else:
+        floor = min(t.load for t in open_)
+        fair = [t for t in open_ if not overloaded(t.load, floor, knobs)]
     threshold = match_threshold(prompt_chars, knobs)
     if knobs.pin_slots:
         if hold_s > 0 and _worth_holding(pool, fair, prompt_chars, threshold, knobs, hold_s):
@@ -148,7 +155,7 @@ def place(
         slotted = _slot_placement(fair, sticky, threshold, knobs)
         if slotted is not None:
             return slotted
-    best = min(fair, key=lambda t: (-t.match_chars, t.load, t.order))
+    best = fair[0] if len(fair) == 1 else min(fair, key=lambda t: (-t.match_chars, t.load, t.order))
     meaningful = best.match_chars >= threshold
     bound = _sticky_target(fair, sticky)
     if bound is not None and (
@@ -157,13 +164,14 @@ def place(
         return _place(bound, "sticky", threshold, knobs)
     if meaningful:
         return _place(best, "prefix", threshold, knobs)
-    lightest = min(open_, key=lambda t: (t.load, -t.match_chars, t.status != "idle", t.order))
+    lightest = open_[0] if len(open_) == 1 else \
+        min(open_, key=lambda t: (t.load, -t.match_chars, t.status != "idle", t.order))
     return _place(lightest, "least-loaded", threshold, knobs)
 
 
 def eligible(targets: Sequence[Target]) -> list[Target]:
     """Idle and busy targets; suspect ones only when there are none of those."""
-    healthy = [t for t in targets if t.status in ("idle", "busy")]
+    healthy = [t for t in targets if t.status == "idle" or t.status == "busy"]
     return healthy or [t for t in targets if t.status == "suspect"]
 
 
@@ -174,7 +182,7 @@ def overloaded(load: int, floor: int, knobs: PlacementKnobs) -> bool:
 
 def match_threshold(prompt_chars: int, knobs: PlacementKnobs) -> int:
     """Matched chars from which a cache hit counts (never below 1: no match never counts)."""
-    ratio = knobs.min_match_ratio * max(prompt_chars, 0)
+    ratio = knobs.min_match_ratio * prompt_chars if prompt_chars > 0 else 0.0
     return max(knobs.min_match_chars, math.ceil(ratio), 1)
 
 
@@ -185,6 +193,8 @@ def pick_slot(target: Target, threshold: int) -> int | None:
     lives next turn: an idle slot we never pinned (its cache is nobody's we know of), else
     the idle slot whose cache matters least to this prompt.
     """
+    if not target.idle_slots:
+        return None
     idle = [slot for slot in target.idle_slots if slot >= 0]
     if not idle:
         return None
@@ -219,6 +229,11 @@ def _slot_placement(fair: list[Target], sticky: tuple[str, str] | None, threshol
     then ``order``. None: no idle slot is known, or a target without slot information holds
     a longer meaningful match; the target-level rules decide.
     """
+    for target in fair:
+        if target.idle_slots:
+            break
+    else:
+        return None
     idle = [(target, slot) for target in fair for slot in target.idle_slots if slot >= 0]
     if not idle:
         return None
@@ -268,17 +283,25 @@ def _worth_holding(pool: list[Target], fair: list[Target], prompt_chars: int, th
     slot's expected turnover (learnt per server, ``state/pace.py``; unknown -> no hold), so
     a slot busy with a long generation is not waited for.
     """
+    # Only a busy slot that frees in time and holds a meaningful match could be worth it.
+    waits = [t for t in pool if t.busy_wait_s is not None and t.busy_wait_s <= hold_s
+             and t.busy_match >= threshold]
+    if not waits:
+        return False
     here = max([t.slot_match.get(s, 0) for t in fair for s in t.idle_slots if s >= 0]
                + [t.match_chars for t in fair if not any(s >= 0 for s in t.idle_slots)], default=0)
     need = max(threshold, knobs.hold_min_gain_ratio * prompt_chars)
-    return any(t.busy_wait_s is not None and t.busy_wait_s <= hold_s
-               and t.busy_match >= threshold and t.busy_match - here >= need for t in pool)
+    return any(t.busy_match - here >= need for t in waits)
 
 
 def _sticky_target(fair: list[Target], sticky: tuple[str, str] | None) -> Target | None:
     if sticky is None:
         return None
-    return next((t for t in fair if (t.server, t.instance) == sticky), None)
+    server, instance = sticky
+    for target in fair:
+        if target.server == server and target.instance == instance:
+            return target
+    return None
 
 
 def _place(target: Target, reason: Reason, threshold: int, knobs: PlacementKnobs) -> Place:

@@ -19,9 +19,12 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Any, Container, Iterator
+from functools import cached_property
+from typing import Any, Container
 
 import orjson
+
+from .frozen import quick_init
 
 CHAT_BLOCK_CHARS = 1024  # a long message (a big system prompt) is cut so partial overlaps count
 TEXT_BLOCK_CHARS = 256  # text prompts have no message boundaries; smaller pieces match finer
@@ -32,6 +35,7 @@ MAX_BLOCKS = 512  # beyond this the tail is not fingerprinted (bounds the work a
 _SYSTEM_ROLES = ("system", "developer")
 
 
+@quick_init
 @dataclass(frozen=True)
 class Fingerprint:
     """Cumulative block hashes and each block's length in prompt characters."""
@@ -39,8 +43,9 @@ class Fingerprint:
     hashes: tuple[int, ...] = ()
     lengths: tuple[int, ...] = ()
 
-    @property
+    @cached_property
     def chars(self) -> int:
+        """The prompt characters the blocks cover (computed once)."""
         return sum(self.lengths)
 
 
@@ -52,7 +57,9 @@ def fingerprint(payload: Any, max_blocks: int = MAX_BLOCKS) -> Fingerprint:
     """
     if not isinstance(payload, dict):
         return Fingerprint()
-    return _chain(_blocks(payload), max_blocks)
+    blocks: list[tuple[bytes, str, int]] = []
+    _blocks(payload, blocks, max_blocks)
+    return _chain(blocks, max_blocks)
 
 
 def prefix_hashes(payload: Any) -> tuple[int, ...]:
@@ -66,77 +73,90 @@ def longest_match(fp: Fingerprint, known: Container[int]) -> tuple[int, int]:
     Scans from the longest prefix down: an LRU may have dropped a short prefix's hash and
     kept a longer one, so the known set need not be closed under prefixes.
     """
-    for index in range(len(fp.hashes) - 1, -1, -1):
-        if fp.hashes[index] in known:
+    hashes = fp.hashes
+    for index in range(len(hashes) - 1, -1, -1):
+        if hashes[index] in known:
             return index + 1, sum(fp.lengths[: index + 1])
     return 0, 0
 
 
-def _chain(blocks: Iterator[tuple[bytes, str, int]], max_blocks: int) -> Fingerprint:
+def _chain(blocks: list[tuple[bytes, str, int]], max_blocks: int) -> Fingerprint:
+    """Chain-hash the first ``max_blocks`` blocks (the module docstring's algorithm)."""
+    if len(blocks) > max_blocks:
+        del blocks[max(max_blocks, 0):]
     hashes: list[int] = []
-    lengths: list[int] = []
+    append = hashes.append
+    blake2b, from_bytes = hashlib.blake2b, int.from_bytes
     digest = b""
-    for kind, text, weight in blocks:
-        if len(hashes) >= max_blocks:
-            break
-        data = digest + kind + text.encode("utf-8", errors="surrogatepass")
-        digest = hashlib.blake2b(data, digest_size=8).digest()
-        hashes.append(int.from_bytes(digest, "big"))
-        lengths.append(weight)
-    return Fingerprint(tuple(hashes), tuple(lengths))
+    for kind, text, _ in blocks:
+        digest = blake2b(digest + kind + text.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+        append(from_bytes(digest, "big"))
+    return Fingerprint(tuple(hashes), tuple([weight for _, _, weight in blocks]))
 
 
-def _blocks(payload: dict[str, Any]) -> Iterator[tuple[bytes, str, int]]:
-    """(kind, text, weight in chars) for each block, in prompt order."""
+def _blocks(payload: dict[str, Any], out: list[tuple[bytes, str, int]], limit: int) -> None:
+    """Append (kind, text, weight in chars) for each block, in prompt order; producing
+    stops once ``out`` holds ``limit`` blocks (the rest would not be hashed)."""
     messages = payload.get("messages")
     items = payload.get("input")
     if isinstance(messages, list) or (isinstance(items, list) and _has_items(items)):
-        yield from _chat_blocks(payload, messages if isinstance(messages, list) else items)
+        _chat_blocks(payload, messages if isinstance(messages, list) else items, out, limit)
         return
     if "input_prefix" in payload:  # llama.cpp /infill: repository context, then the prefix
         extra = payload.get("input_extra")
         if extra:
-            yield from _cut(b"X", _canonical(extra), CHAT_BLOCK_CHARS)
-        yield from _text_blocks(payload.get("input_prefix"))
+            _cut(out, b"X", _canonical(extra), CHAT_BLOCK_CHARS, limit)
+        _text_blocks(payload.get("input_prefix"), out, limit)
         return
     if isinstance(items, str) and payload.get("instructions"):  # Responses with a string input
-        yield from _chat_blocks(payload, [{"role": "user", "content": items}])
+        _chat_blocks(payload, [{"role": "user", "content": items}], out, limit)
         return
-    yield from _text_blocks(payload.get("prompt", items))
+    _text_blocks(payload.get("prompt", items), out, limit)
 
 
-def _chat_blocks(payload: dict[str, Any], messages: list[Any]) -> Iterator[tuple[bytes, str, int]]:
+def _chat_blocks(payload: dict[str, Any], messages: list[Any], out: list[tuple[bytes, str, int]],
+                 limit: int) -> None:
     """Leading system text, then the tools, then the other messages.
 
     Chat templates commonly render tools inside the system turn, after its text, so a
     changed tool list changes everything after the system prompt but not the prompt itself.
     """
-    leading = [{"role": "system", "content": payload[key]}
-               for key in ("system", "instructions") if payload.get(key)]
+    for key in ("system", "instructions"):
+        if payload.get(key):
+            _cut(out, b"M", "system\n" + _content_text(payload[key]), CHAT_BLOCK_CHARS, limit)
     rest = [m for m in messages if isinstance(m, dict)]
-    while rest and rest[0].get("role") in _SYSTEM_ROLES:
-        leading.append(rest.pop(0))
-    for message in leading:
-        yield from _cut(b"M", _render(message), CHAT_BLOCK_CHARS)
-    if payload.get("tools"):
-        yield from _cut(b"T", _canonical(payload["tools"]), CHAT_BLOCK_CHARS)
-    for message in rest:
-        yield from _cut(b"M", _render(message), CHAT_BLOCK_CHARS)
+    first = 0
+    while first < len(rest) and rest[first].get("role") in _SYSTEM_ROLES:
+        if len(out) >= limit:
+            return
+        _cut(out, b"M", _render(rest[first]), CHAT_BLOCK_CHARS, limit)
+        first += 1
+    if payload.get("tools") and len(out) < limit:
+        _cut(out, b"T", _canonical(payload["tools"]), CHAT_BLOCK_CHARS, limit)
+    for message in rest[first:]:
+        if len(out) >= limit:
+            return
+        _cut(out, b"M", _render(message), CHAT_BLOCK_CHARS, limit)
 
 
 def _render(message: dict[str, Any]) -> str:
+    """``role`` (``:name``, ``#tool_call_id``), a newline, then the message's text."""
     role = message.get("role")
     head = role if isinstance(role, str) else str(message.get("type", "item"))
-    if isinstance(message.get("name"), str):
-        head += ":" + message["name"]
-    if isinstance(message.get("tool_call_id"), str):
-        head += "#" + message["tool_call_id"]
+    name = message.get("name")
+    if isinstance(name, str):
+        head += ":" + name
+    call_id = message.get("tool_call_id")
+    if isinstance(call_id, str):
+        head += "#" + call_id
     if "content" in message or isinstance(role, str):
-        body = _content_text(message.get("content"))
+        content = message.get("content")
+        body = content if isinstance(content, str) else _content_text(content)
     else:  # a Responses item without a role (function_call, ...): all of it
         body = _canonical(message)
-    if message.get("tool_calls"):
-        body += "\n" + _canonical(message["tool_calls"])
+    tool_calls = message.get("tool_calls")
+    if tool_calls:
+        body += "\n" + _canonical(tool_calls)
     return head + "\n" + body
 
 
@@ -162,7 +182,7 @@ def _content_text(content: Any) -> str:
     return "\n".join(pieces)
 
 
-def _text_blocks(prompt: Any) -> Iterator[tuple[bytes, str, int]]:
+def _text_blocks(prompt: Any, out: list[tuple[bytes, str, int]], limit: int) -> None:
     """A completion prompt: a string, token ids, or a batch (the first prompt stands for it)."""
     if isinstance(prompt, dict):  # llama.cpp multimodal prompt object
         prompt = prompt.get("prompt_string")
@@ -171,18 +191,27 @@ def _text_blocks(prompt: Any) -> Iterator[tuple[bytes, str, int]]:
         if isinstance(prompt, dict):
             prompt = prompt.get("prompt_string")
     if isinstance(prompt, str) and prompt:
-        yield from _cut(b"P", prompt, TEXT_BLOCK_CHARS)
+        _cut(out, b"P", prompt, TEXT_BLOCK_CHARS, limit)
     elif isinstance(prompt, list):
         for start in range(0, len(prompt), TOKEN_BLOCK):
+            if len(out) >= limit:
+                return
             piece = prompt[start:start + TOKEN_BLOCK]
-            yield b"K", ",".join(map(str, piece)), len(piece) * CHARS_PER_TOKEN
+            out.append((b"K", ",".join(map(str, piece)), len(piece) * CHARS_PER_TOKEN))
 
 
-def _cut(kind: bytes, text: str, size: int) -> Iterator[tuple[bytes, str, int]]:
-    """``text`` in pieces of at most ``size`` chars; the first keeps ``kind``, the rest ``C``."""
-    for start in range(0, max(len(text), 1), size):
+def _cut(out: list[tuple[bytes, str, int]], kind: bytes, text: str, size: int, limit: int) -> None:
+    """Append ``text`` in pieces of at most ``size`` chars; the first keeps ``kind``, the
+    rest ``C``; an empty text is one empty block."""
+    length = len(text)
+    if length <= size:
+        out.append((kind, text, length))
+        return
+    for start in range(0, length, size):
+        if len(out) >= limit:
+            return
         piece = text[start:start + size]
-        yield (kind if start == 0 else b"C"), piece, len(piece)
+        out.append((kind if start == 0 else b"C", piece, len(piece)))
 
 
 def _has_items(items: list[Any]) -> bool:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Mapping
 
+from .frozen import quick_init
 from .health import Status
 from .models import instances_of
 
@@ -35,6 +36,7 @@ class ServerView:
         return instances_of(model, self.served)
 
 
+@quick_init
 @dataclass(frozen=True)
 class StickyBinding:
     server: str

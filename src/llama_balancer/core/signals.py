@@ -15,6 +15,7 @@ from typing import Any, Iterable, Literal
 
 import orjson
 
+from .frozen import quick_init
 from .prometheus import Sample, parse_prometheus, prometheus_samples
 
 BackendKind = Literal["agent", "llama.cpp", "vllm", "openai", "auto"]
@@ -213,6 +214,7 @@ def guess_kind(
     return "openai"
 
 
+@quick_init
 @dataclass(frozen=True)
 class BackendLoad:
     """One poll's view of a backend's load, whatever kind of server said it."""

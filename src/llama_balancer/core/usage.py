@@ -9,11 +9,14 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from .frozen import quick_init
+
 _FIELD = re.compile(rb'"(prompt_tokens|completion_tokens|predicted_n|prompt_n|cache_n|predicted_ms)"\s*:\s*([0-9][0-9.eE+-]*)')
 
 TAIL_BYTES = 8192
 
 
+@quick_init
 @dataclass(frozen=True)
 class Usage:
     prompt_tokens: int | None = None

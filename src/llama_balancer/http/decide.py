@@ -9,6 +9,7 @@ from typing import Any
 from ..core.baselines import least_loaded, round_robin
 from ..core.config import Config
 from ..core.errors import NoBackend, QueueFullError, QueueTimeout
+from ..core.frozen import quick_init
 from ..core.placement import Decision, Place, Queue, Reject, match_threshold, place
 from ..core.prefix import Fingerprint
 from ..core.routing import Route, choose_route
@@ -20,6 +21,7 @@ from .context import AppContext
 RECHECK_S = 0.25  # a queued request re-checks at least this often (polled capacity may free)
 
 
+@quick_init
 @dataclass(frozen=True)
 class Resolved:
     """The request as the policy sees it: routing candidates and the upstream model name."""
@@ -78,7 +80,7 @@ def _better_waiter(ctx: AppContext, ticket: Ticket, placed: Place, resolved: Res
     routing = ctx.config.balancer.routing
     if routing.policy != "cache-aware" or ctx.clock.monotonic() - ticket.enqueued >= routing.queue_cache_wait_s:
         return False
-    knobs = routing.knobs()
+    knobs = routing.placement_knobs
 
     def cached(fp: Fingerprint) -> int:
         if placed.id_slot is not None:
@@ -107,9 +109,10 @@ def _enqueue(ctx: AppContext, ex: Exchange, resolved: Resolved, queue_max: int, 
 def decide(ctx: AppContext, ex: Exchange, resolved: Resolved, excluded: set[str], may_hold: bool = True) -> Decision:
     config: Config = ctx.config
     routing = config.balancer.routing
-    candidates = [name for name in resolved.candidates or () if name not in excluded]
+    candidates = [name for name in resolved.candidates or () if name not in excluded] \
+        if excluded or routing.policy == "classic" else resolved.candidates or ()
     if routing.policy == "classic":
-        return _classic(ctx, ex, resolved, candidates)
+        return _classic(ctx, ex, resolved, candidates)  # type: ignore[arg-type]
     now = ctx.clock.monotonic()
     targets = build_targets(ctx.registry, ctx.affinity, candidates, resolved.upstream_model,
                             resolved.fingerprint, now, routing)
@@ -119,10 +122,9 @@ def decide(ctx: AppContext, ex: Exchange, resolved: Resolved, excluded: set[str]
     elif routing.policy == "least-loaded":
         decision = least_loaded(targets)
     else:
-        binding = ctx.sticky.get(ex.identity, resolved.requested)
-        sticky = (binding.server, binding.instance) if binding is not None else None
+        sticky = ctx.sticky.target(ex.identity, resolved.requested)
         hold_s = ex.started + routing.cache_hold_s - time.monotonic() if may_hold else 0.0
-        decision = place(targets, sticky, resolved.fingerprint.chars, routing.knobs(), hold_s)
+        decision = place(targets, sticky, resolved.fingerprint.chars, routing.placement_knobs, hold_s)
     if isinstance(decision, Reject) and targets:
         # Every target looks unhealthy. Polls can be wrong (an agent down beside a working
         # model server), so like SPEC Part A the first listed one is tried as a last resort.

@@ -5,9 +5,11 @@ from collections import Counter, deque
 from dataclasses import dataclass
 from typing import Any
 
+from ..core.frozen import quick_init
 from .clock import Clock, iso_utc
 
 
+@quick_init
 @dataclass(frozen=True)
 class AccessRecord:
     wall: float

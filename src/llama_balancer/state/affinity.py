@@ -3,7 +3,7 @@ llama-server slot where the balancer pinned one. Bounded LRUs of fingerprint has
 from __future__ import annotations
 
 from collections import Counter, OrderedDict
-from typing import Any
+from typing import Any, Container
 
 from ..core.prefix import Fingerprint, longest_match
 
@@ -25,6 +25,11 @@ class _Lru:
 
     def __contains__(self, value: object) -> bool:
         return value in self._items
+
+    @property
+    def items(self) -> Container[int]:
+        """The remembered hashes, for membership tests only (faster than through the LRU)."""
+        return self._items
 
     def __len__(self) -> int:
         return len(self._items)
@@ -53,7 +58,7 @@ class AffinityStore:
 
     def match_chars(self, server: str, instance: str, fp: Fingerprint) -> int:
         lru = self._targets.get((server, instance))
-        return 0 if lru is None else longest_match(fp, lru)[1]
+        return 0 if lru is None or not fp.hashes else longest_match(fp, lru.items)[1]
 
     def slot_match(self, server: str, slots: tuple[int, ...], fp: Fingerprint) -> dict[int, int]:
         out = {}

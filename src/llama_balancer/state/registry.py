@@ -11,10 +11,13 @@ from typing import Any, Callable
 
 from ..core.config import Config, ServerConfig
 from ..core.health import HealthSample, Status, judge
+from ..core.models import instances_of
 from ..core.routing import ServerView
 from ..core.signals import BackendLoad, SlotsInfo
 from .clock import Clock, iso_utc
 from .pace import Pace
+
+INSTANCES_REMEMBERED = 256  # model names per backend whose instance list is kept
 
 
 @dataclass
@@ -41,6 +44,26 @@ class BackendState:
     failures: int = 0  # consecutive request failures (passive health)
     suspect: bool = False  # a request failed since the last good poll
     open_until: float | None = None  # circuit open: no requests before this (monotonic)
+    # instances() answers for the ``served`` tuple they were computed from.
+    _instances: tuple[tuple[str, ...] | None, dict[str, list[str]]] = field(
+        default_factory=lambda: (None, {}), init=False, repr=False, compare=False)
+
+    def instances(self, model: str) -> list[str]:
+        """``model``'s served instances here (``instances_of``; the model as asked while
+        nothing is discovered). The list is shared: callers must not change it."""
+        served = self.served
+        if served is None:
+            return [model]
+        known, memo = self._instances
+        if known is not served:
+            memo = {}
+            self._instances = (served, memo)
+        found = memo.get(model)
+        if found is None:
+            found = instances_of(model, served)
+            if len(memo) < INSTANCES_REMEMBERED:
+                memo[model] = found
+        return found
 
     @property
     def status(self) -> Status:

@@ -32,13 +32,23 @@ class StickyStore:
         self._by_target: dict[tuple[str, str], tuple[str, str]] = {}
 
     def get(self, identity: str, model: str) -> StickyBinding | None:
-        entry = self._by_key.get((identity, model))
+        entry = self._live((identity, model))
+        return None if entry is None else StickyBinding(entry.server, entry.instance, entry.updated_mono)
+
+    def target(self, identity: str, model: str) -> tuple[str, str] | None:
+        """``get``'s (server, instance) alone, without building the binding."""
+        entry = self._live((identity, model))
+        return None if entry is None else (entry.server, entry.instance)
+
+    def _live(self, key: tuple[str, str]) -> StickyEntry | None:
+        """The entry under ``key``, unless it expired (then it is dropped)."""
+        entry = self._by_key.get(key)
         if entry is None:
             return None
         if self._clock.monotonic() - entry.updated_mono > self.ttl_s:
-            self._drop((identity, model))
+            self._drop(key)
             return None
-        return StickyBinding(entry.server, entry.instance, entry.updated_mono)
+        return entry
 
     def bind(self, identity: str, ip: str, model: str, server: str, instance: str) -> None:
         """Bind or refresh; takes the server x instance away from any other identity."""
@@ -48,17 +58,23 @@ class StickyStore:
         if holder is not None and holder != key:
             self._drop(holder)
         old = self._by_key.get(key)
-        if old is not None and (old.server, old.instance) != target:
-            self._by_target.pop((old.server, old.instance), None)
-        self._by_key[key] = StickyEntry(
-            identity, ip, model, server, instance, self._clock.monotonic(), self._clock.wall()
-        )
+        if old is not None and old.server == server and old.instance == instance:
+            # Rebinding where it already points: refresh the entry in place.
+            old.ip = ip
+            old.updated_mono = self._clock.monotonic()
+            old.updated_wall = self._clock.wall()
+        else:
+            if old is not None:
+                self._by_target.pop((old.server, old.instance), None)
+            self._by_key[key] = StickyEntry(
+                identity, ip, model, server, instance, self._clock.monotonic(), self._clock.wall()
+            )
         self._by_target[target] = key
 
     def refresh(self, identity: str, model: str, server: str, instance: str) -> None:
         """Refresh at request end, only if the binding still points where the request went."""
         entry = self._by_key.get((identity, model))
-        if entry is not None and (entry.server, entry.instance) == (server, instance):
+        if entry is not None and entry.server == server and entry.instance == instance:
             entry.updated_mono = self._clock.monotonic()
             entry.updated_wall = self._clock.wall()
 

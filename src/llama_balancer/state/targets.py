@@ -9,7 +9,6 @@ from __future__ import annotations
 from typing import Iterable
 
 from ..core.config import RoutingOptions
-from ..core.models import instances_of
 from ..core.placement import Target
 from ..core.prefix import Fingerprint
 from ..core.signals import BackendLoad, free_capacity, fuse_load
@@ -27,14 +26,14 @@ def build_targets(
     routing: RoutingOptions,
 ) -> list[Target]:
     states = [registry.state(name) for name in candidates]
-    served = {s.name: [model] if s.served is None else instances_of(model, s.served) for s in states}
-    if not any(served.values()):
+    served = [state.instances(model) for state in states]
+    if not any(served):
         # No listed server names the model (a plain llama-server answers whatever is asked,
         # llama-swap may load it on demand): the pattern's servers take it as asked.
-        served = {s.name: [model] for s in states}
+        served = [[model]] * len(states)
     targets: list[Target] = []
     for order, state in enumerate(states):
-        instances = served[state.name]
+        instances = served[order]
         for instance in instances:
             targets.append(_target(state, instance, order, affinity, fp, now, routing, len(instances)))
     return targets
@@ -42,7 +41,8 @@ def build_targets(
 
 def _target(state: BackendState, instance: str, order: int, affinity: AffinityStore, fp: Fingerprint,
             now: float, routing: RoutingOptions, copies: int) -> Target:
-    fresh = state.load_at is not None and now - state.load_at <= routing.poll_max_age_s
+    load_at = state.load_at
+    fresh = load_at is not None and now - load_at <= routing.poll_max_age_s
     slots = state.slots.for_model(instance) if (state.slots is not None and fresh) else None
     own = state.inflight.get(instance, 0)
     polled: BackendLoad | None
@@ -51,23 +51,30 @@ def _target(state: BackendState, instance: str, order: int, affinity: AffinitySt
         polled = BackendLoad(slots.busy, waiting, slots.total, slots.idle)
     else:
         polled = state.load if copies == 1 else None
-    age = now - state.load_at if state.load_at is not None else float("nan")
-    own_then = state.inflight_at_poll.get(instance, 0)
-    load = fuse_load(own, polled, age, routing.poll_max_age_s, own_then)
+    if polled is None:  # fuse_load's answer without a poll
+        load = own if own > 0 else 0
+    else:
+        age = now - load_at if load_at is not None else float("nan")
+        load = fuse_load(own, polled, age, routing.poll_max_age_s, state.inflight_at_poll.get(instance, 0))
     capacity = free_capacity(state.server.request_max, state.total, slots.total if slots else None, load)
+    match_chars = affinity.match_chars(state.name, instance, fp)
+    status = state.health(now)
+    if slots is None:
+        return Target(state.name, instance, order, status, load, capacity, match_chars)  # type: ignore[arg-type]
     # Idle: what the poll saw idle, plus slots it saw busy only with our own pinned requests
     # (ended since, unless pinned again); minus the slots our requests hold now.
+    pinned, pinned_at_poll = state.pinned, state.pinned_at_poll
     idle = tuple(s.id for s in slots.slots
-                 if s.id not in state.pinned and (not s.processing or s.id in state.pinned_at_poll)) if slots else ()
-    busy_match, busy_wait = _best_busy_slot(state, affinity, idle, fp, now) if slots else (0, None)
+                 if s.id not in pinned and (not s.processing or s.id in pinned_at_poll))
+    busy_match, busy_wait = _best_busy_slot(state, affinity, idle, fp, now)
     return Target(
         server=state.name,
         instance=instance,
         order=order,
-        status=state.health(now),  # type: ignore[arg-type]
+        status=status,  # type: ignore[arg-type]
         load=load,
         capacity=capacity,
-        match_chars=affinity.match_chars(state.name, instance, fp),
+        match_chars=match_chars,
         idle_slots=idle,
         slot_match=affinity.slot_match(state.name, idle, fp) if idle else {},
         slot_cached=affinity.slot_cached(state.name, idle) if idle else {},
