@@ -18,11 +18,13 @@ from .core.health import GpuWindow
 from .core.identity import TrustedProxies
 from .http.app import build_app
 from .http.context import AppContext
+from .http.front import Front
 from .io.config_watch import ConfigWatcher
 from .io.gpu import GpuMonitor, GpuSampler, detect_sampler
 from .io.observability import AccessLog, Metrics, QuietProtocolErrors, queue_gauges
 from .io.pollers import Pollers
 from .io.upstream import UpstreamClient
+from .io.wire import WirePool
 from .state.access_stats import AccessStats
 from .state.affinity import AffinityStore
 from .state.queue import WaitQueue
@@ -83,6 +85,7 @@ class Runtime:
             self.context.reload = self.reload
             self._watcher = ConfigWatcher(config_path, options.config_poll_interval_s, self.reload)
         self._runner: web.AppRunner | None = None
+        self._front: Front | None = None
         self.port: int | None = None
 
     async def start(self, host: str = "0.0.0.0", port: int = 18000) -> int:
@@ -105,10 +108,12 @@ class Runtime:
             logger=QuietProtocolErrors(logging.getLogger("aiohttp.server")),
         )
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port, backlog=4096, reuse_address=True)
-        await site.start()
-        sockets = site._server.sockets if site._server else []  # type: ignore[union-attr]
-        self.port = sockets[0].getsockname()[1] if sockets else port
+        # The front serves the routed endpoints itself and hands other connections to the
+        # runner's RequestHandler (http/front.py); the app serves those as a TCPSite would.
+        pool = WirePool(options.upstream_connect_timeout_s, options.upstream_idle_timeout_s,
+                        options.upstream_pool_size)
+        self._front = Front(ctx, self._runner.server, pool)  # type: ignore[arg-type]
+        self.port = await self._front.listen(host, port)
         return self.port
 
     async def reload(self) -> dict[str, Any]:
@@ -152,9 +157,14 @@ class Runtime:
         ctx = self.context
         if self._watcher is not None:
             await self._watcher.stop()
+        grace = ctx.config.balancer.drain_grace_s
+        if self._front is not None:
+            self._front.stop_listening()
+        draining = [self._front.drain(grace)] if self._front is not None else []
         if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+            draining.append(self._runner.cleanup())  # connections the front handed over
+        await asyncio.gather(*draining)
+        self._front = self._runner = None
         ctx.pollers.stop()
         await ctx.gpu.stop()
         await ctx.client.close()

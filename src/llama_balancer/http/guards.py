@@ -7,9 +7,10 @@ from secrets import token_hex
 
 from aiohttp import web
 
-from ..core.auth import Access, bearer_token
+from ..core.auth import Access, AuthPolicy, bearer_token
+from ..core.errors import BalancerError
 from .context import REQUEST_ID, context_of
-from .errors import Handler, answer_errors, error_response
+from .errors import Handler, answer_errors, error_response, from_balancer_error
 
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
@@ -25,10 +26,30 @@ def access_for(path: str) -> Access:
     return "api"
 
 
+class Unauthorized(BalancerError):
+    status, type, code = 401, "invalid_request_error", "invalid_api_key"
+
+
+def request_id_from(given: str | None) -> str:
+    """The client's ``X-Request-Id`` when it is a sane token, else a fresh one."""
+    return given if given and _SAFE_ID.match(given) else token_hex(16)
+
+
+def auth_refusal(auth: AuthPolicy, path: str, token: str | None) -> Unauthorized | None:
+    """None when ``token`` may call ``path`` (always, with no keys configured)."""
+    if not auth.enabled:
+        return None
+    access = access_for(path)
+    if auth.allows(access, token):
+        return None
+    kind = "an admin key" if access == "admin" else "an API key"
+    return Unauthorized(f"this endpoint needs {kind}: send 'Authorization: Bearer <key>'",
+                        headers={"WWW-Authenticate": "Bearer"})
+
+
 @web.middleware
 async def front_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    given = request.headers.get("X-Request-Id", "")
-    request_id = request[REQUEST_ID] = given if _SAFE_ID.match(given) else token_hex(16)
+    request_id = request[REQUEST_ID] = request_id_from(request.headers.get("X-Request-Id"))
     response = _refusal(request)
     if response is None:
         response = await answer_errors(request, handler)
@@ -46,12 +67,8 @@ def _refusal(request: web.Request) -> web.Response | None:
     ctx = context_of(request)
     if not ctx.auth.enabled:
         return None
-    access = access_for(request.path)
     token = bearer_token(request.headers.get("Authorization"), request.headers.get("x-api-key"))
     if token is None and request.path == "/llmhealth-monitor":
         token = request.query.get("key")  # a browser cannot add headers to a page load
-    if ctx.auth.allows(access, token):
-        return None
-    kind = "an admin key" if access == "admin" else "an API key"
-    return error_response(401, f"this endpoint needs {kind}: send 'Authorization: Bearer <key>'",
-                          "invalid_request_error", "invalid_api_key", {"WWW-Authenticate": "Bearer"})
+    refusal = auth_refusal(ctx.auth, request.path, token)
+    return None if refusal is None else from_balancer_error(refusal)

@@ -1,0 +1,309 @@
+"""The listening front: serves the routed model endpoints itself, hands the rest to aiohttp.
+
+Each client connection starts with a ``FrontConnection`` (an asyncio protocol). A plain
+``POST`` to a routed path (see ``request_head``) is served natively: the routing logic of
+``routed.route_call`` over upstream connections from ``io.wire`` that write the answer
+straight to this connection's transport. Anything else hands the connection, with every
+byte read so far, to aiohttp's ``RequestHandler`` for good, where the app's middleware and
+handlers (admin, dashboard, catch-all proxy, and the routed endpoints too) serve it as they
+always did. Why: aiohttp.web's per-request and per-chunk machinery costs several times
+what the relaying itself does (docs/performance.md, docs/fast-path.md).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from http import HTTPStatus
+from typing import Callable
+from urllib.parse import urlsplit
+
+import orjson
+from multidict import CIMultiDict
+
+from ..core.auth import bearer_token
+from ..core.config import ServerConfig
+from ..core.errors import BalancerError, PayloadTooLarge
+from ..io.wire import UpstreamConnection, WirePool, client_head, request_bytes
+from ..state.exchange import Exchange
+from .context import AppContext
+from .guards import auth_refusal, request_id_from
+from .recording import begin_exchange, finish_exchange
+from .request_head import RequestHead, parse_request_head
+from .routed import MODEL_OPTIONAL, MODEL_REQUIRED, Call, RetryElsewhere, route_call
+
+log = logging.getLogger("llama_balancer.front")
+
+NATIVE_PATHS = frozenset(MODEL_REQUIRED + MODEL_OPTIONAL)
+MAX_NATIVE_HEAD = 16384  # a longer head goes to aiohttp, which applies max_header_bytes
+READ_AHEAD = 1 << 20  # bytes buffered past the request being served before reading pauses
+
+
+class Front:
+    """Owns the listening socket, the native connections and the upstream pool."""
+
+    def __init__(self, ctx: AppContext, hand_off: Callable[[], asyncio.Protocol], pool: WirePool) -> None:
+        self.ctx = ctx
+        self.hand_off = hand_off  # aiohttp's RequestHandler factory (runner.server)
+        self.pool = pool
+        self.connections: set[FrontConnection] = set()
+        self.closing = False
+        self._server: asyncio.AbstractServer | None = None
+        self._addresses: dict[str, tuple[str, int, bool, str]] = {}
+
+    async def listen(self, host: str, port: int, backlog: int = 4096) -> int:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(lambda: FrontConnection(self), host, port, backlog=backlog,
+                                                reuse_address=True)
+        return self._server.sockets[0].getsockname()[1]
+
+    def stop_listening(self) -> None:
+        """No new connections; idle native ones close, busy ones close after their answer."""
+        self.closing = True
+        if self._server is not None:
+            self._server.close()
+        for conn in list(self.connections):
+            if conn.task is None:
+                conn.close()
+
+    async def drain(self, grace_s: float) -> None:
+        """Wait up to ``grace_s`` for native requests in flight, then cut what is left."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace_s
+        while any(conn.task is not None for conn in self.connections) and loop.time() < deadline:
+            await asyncio.sleep(0.02)
+        for conn in list(self.connections):
+            conn.abort()
+        self.pool.close()
+
+    def address_of(self, server: ServerConfig) -> tuple[str, int, bool, str]:
+        """(host, port, tls, Host header) of a server's model API, parsed once per base URL."""
+        base = server.model_base
+        known = self._addresses.get(base)
+        if known is None:
+            parts = urlsplit(base)
+            tls = parts.scheme == "https"
+            host = parts.hostname or ""
+            port = parts.port or (443 if tls else 80)
+            shown = f"[{host}]" if ":" in host else host
+            known = self._addresses[base] = (host, port, tls, f"{shown}:{port}")
+        return known
+
+
+class FrontConnection(asyncio.Protocol):
+    """One client connection while the native front serves it."""
+
+    def __init__(self, front: Front) -> None:
+        self.front = front
+        self.transport: asyncio.Transport | None = None
+        self.peer: str | None = None
+        self.buffer = bytearray()
+        self.task: asyncio.Task[None] | None = None
+        self.upstream: UpstreamConnection | None = None
+        self.head_sent = False
+        self.keep_alive = True
+        self._parsed: tuple[int, RequestHead] | None = None  # a head whose body is still arriving
+        self._reading_paused = False
+        self._writing_paused = False
+
+    # -- asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        self.peer = peer[0] if isinstance(peer, tuple) else None
+        self.front.connections.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.front.connections.discard(self)
+        if self.task is not None:
+            self.task.cancel()  # the client went away: the upstream request ends with it
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        if self.task is None:
+            self._next()
+        elif len(self.buffer) > READ_AHEAD and not self._reading_paused and self.transport is not None:
+            self._reading_paused = True
+            self.transport.pause_reading()
+
+    def pause_writing(self) -> None:
+        self._writing_paused = True
+        if self.upstream is not None:
+            self.upstream.pause_reading()
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        if self.upstream is not None:
+            self.upstream.resume_reading()
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def abort(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+        if self.transport is not None:
+            self.transport.abort()
+
+    # -- requests
+
+    def _next(self) -> None:
+        """Serve the next request in the buffer natively, or hand the connection over."""
+        buf = self.buffer
+        if self._parsed is not None:
+            end, head = self._parsed
+        else:
+            end = buf.find(b"\r\n\r\n", 0, MAX_NATIVE_HEAD + 4)
+            if end < 0:
+                if len(buf) > MAX_NATIVE_HEAD:
+                    self._hand_off()
+                return
+            ctx = self.front.ctx
+            parsed = parse_request_head(bytes(buf[:end]), NATIVE_PATHS, ctx.config.balancer.max_headers)
+            if parsed is None:
+                self._hand_off()
+                return
+            head = parsed
+            if head.length > ctx.config.balancer.max_body_bytes:
+                self._start(head, b"", too_large=True)
+                return
+            self._parsed = end, head
+        stop = end + 4 + head.length
+        if len(buf) < stop:
+            return
+        body = bytes(buf[end + 4:stop])
+        del buf[:stop]
+        self._parsed = None
+        self._start(head, body)
+
+    def _start(self, head: RequestHead, body: bytes, too_large: bool = False) -> None:
+        self.head_sent = False
+        self.keep_alive = head.keep_alive and not too_large
+        self.task = asyncio.get_running_loop().create_task(self._serve(head, body, too_large))
+
+    def _hand_off(self) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        self.front.connections.discard(self)
+        if self._reading_paused:
+            transport.resume_reading()
+        handler = self.front.hand_off()
+        transport.set_protocol(handler)
+        handler.connection_made(transport)
+        if self.buffer:
+            handler.data_received(bytes(self.buffer))  # type: ignore[attr-defined]
+        self.buffer = bytearray()
+        self.transport = None
+
+    async def _serve(self, head: RequestHead, body: bytes, too_large: bool) -> None:
+        ctx = self.front.ctx
+        headers = CIMultiDict(head.headers)
+        request_id = request_id_from(headers.get("X-Request-Id"))
+        ex: Exchange | None = None
+        error: BaseException | None = None
+        try:
+            refusal = auth_refusal(ctx.auth, head.path, bearer_token(headers.get("Authorization"),
+                                                                     headers.get("x-api-key")))
+            if refusal is not None:
+                self._answer_error(refusal, request_id)
+                return
+            ex = begin_exchange(ctx, request_id, head.path, head.path, headers.get("X-Forwarded-For"), self.peer)
+            if too_large:
+                limit = ctx.config.balancer.max_body_bytes
+                raise PayloadTooLarge(f"request body of {head.length} bytes exceeds the limit of {limit} bytes")
+            await route_call(ctx, Call(head.method, head.path, head.target, headers, body), ex, self._attempt)
+        except BalancerError as exc:
+            error = exc
+            self._answer_error(exc, request_id)
+        except (asyncio.CancelledError, ConnectionError) as exc:
+            error = exc  # the client went away (or the balancer stops): nobody to answer
+        except Exception as exc:
+            error = exc
+            log.exception("unexpected error on %s %s", head.method, head.path)
+            self._answer_error(BalancerError("internal error in llama-balancer"), request_id)
+        finally:
+            if ex is not None:
+                finish_exchange(ctx, ex, error)
+            self._done()
+
+    def _done(self) -> None:
+        """The answer is out: read on, serve what is buffered, or close."""
+        self.task = None
+        self.upstream = None
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if not self.keep_alive or self.front.closing:
+            transport.close()
+            return
+        if self._reading_paused:
+            self._reading_paused = False
+            transport.resume_reading()
+        if self.buffer:
+            self._next()
+
+    def _answer_error(self, exc: BalancerError, request_id: str) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if self.head_sent:  # an answer began: cutting the connection is the only honest end
+            transport.abort()
+            return
+        body = orjson.dumps(exc.body())
+        lines = [f"HTTP/1.1 {exc.status} {_phrase(exc.status)}", "Content-Type: application/json",
+                 f"Content-Length: {len(body)}", f"X-Request-Id: {request_id}"]
+        lines += [f"{name}: {value}" for name, value in exc.headers.items()]
+        if not self.keep_alive or self.front.closing:
+            lines.append("Connection: close")
+        self.head_sent = True
+        transport.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
+
+    async def _attempt(self, server: ServerConfig, call: Call, headers: CIMultiDict[str], body: bytes, ex: Exchange,
+                       last_try: bool, answered: Callable[[], None]) -> None:
+        """One try on one backend over a pooled upstream connection (routed.Attempt)."""
+        name = ex.server or ""
+        host, port, tls, host_header = self.front.address_of(server)
+        where = f"backend {name!r} ({server.model_base}{call.path_qs})"
+        request = request_bytes(call.method, call.path_qs, host_header, headers.items(), body)
+        conn, answer = await self.front.pool.exchange(host, port, tls, request, name, where)
+        try:
+            if not last_try and answer.status in self.front.ctx.config.balancer.routing.retry_statuses:
+                raise RetryElsewhere(name, f"http_{answer.status}", None)
+            answered()
+            ex.status = answer.status
+            transport = self.transport
+            if transport is None or transport.is_closing():
+                raise ConnectionResetError("the client went away")
+            head, self.keep_alive = client_head(answer, ex.request_id, self.keep_alive and not self.front.closing)
+            self.upstream = conn
+            if self._writing_paused:
+                conn.pause_reading()
+            self.head_sent = True
+            try:
+                await conn.relay(transport, head, ex)
+            except BalancerError as exc:
+                self._broken(exc, ex)
+        except BaseException:
+            conn.abort()
+            raise
+
+    def _broken(self, exc: BaseException, ex: Exchange) -> None:
+        """The answer started and cannot finish: the client's connection ends without a proper
+        end of body, so no truncated answer ever looks complete."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            ex.outcome = "client_closed"
+            return
+        ex.outcome = "upstream_error"
+        log.warning("answer from %s broke off: %s", ex.server, exc)
+        transport.abort()
+
+
+def _phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
+

@@ -1,0 +1,528 @@
+"""Upstream HTTP/1.1 at the protocol level: a keep-alive pool of connections to backends,
+each relaying an answer's body bytes straight to the client's transport as they arrive.
+
+Why not aiohttp's client here: for every answer it builds response objects and header
+multidicts, and every chunk of a stream wakes a task through a ``StreamReader``. Here the
+answer's head is parsed once, then ``data_received`` writes each piece to the client as it
+is (no re-chunking, no copy, no task switch) and parses only enough of the framing
+(Content-Length or chunked) to know where the answer ends. docs/performance.md measures it.
+
+Errors are ours (``UpstreamError`` kinds) from the start: ``connect``, ``timeout``, ``reset``,
+``protocol``.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+from ..core.errors import UpstreamError, UpstreamTimeout
+from ..core.usage import TAIL_BYTES
+from ..state.exchange import Exchange
+from .headers import HOP_BY_HOP
+
+KEEPALIVE_S = 30.0  # an idle pooled connection older than this is closed, not reused
+MAX_HEAD_BYTES = 65536
+
+
+@dataclass
+class AnswerHead:
+    """A backend answer's status line and headers, with how its body is framed."""
+
+    status: int
+    reason: str
+    headers: list[tuple[str, str]]
+    length: int  # body bytes due; -1 when chunked or delimited by close
+    chunked: bool
+    keep_alive: bool
+
+    @property
+    def has_body(self) -> bool:
+        return self.status >= 200 and self.status not in (204, 304)
+
+    def relayed_headers(self) -> list[tuple[str, str]]:
+        """The headers a client may see: hop-by-hop ones (and any the answer names in
+        ``Connection``) dropped; framing is restated by whoever writes the client's head."""
+        named = {token.strip().lower() for name, value in self.headers if name.lower() == "connection"
+                 for token in value.split(",")}
+        drop = HOP_BY_HOP | named | {"content-length"}
+        return [(name, value) for name, value in self.headers if name.lower() not in drop]
+
+
+def parse_answer_head(head: bytes) -> AnswerHead:
+    """The head of an answer (without the blank line); raises ValueError when malformed."""
+    lines = head.decode("latin-1").split("\r\n")
+    version, _, rest = lines[0].partition(" ")
+    code, _, reason = rest.partition(" ")
+    if not version.startswith("HTTP/1.") or len(code) != 3:
+        raise ValueError(f"not an HTTP/1.x status line: {lines[0][:80]!r}")
+    headers: list[tuple[str, str]] = []
+    length, chunked = -1, False
+    keep_alive = version == "HTTP/1.1"
+    for line in lines[1:]:
+        name, sep, value = line.partition(":")
+        if not sep:
+            raise ValueError(f"malformed header line: {line[:80]!r}")
+        value = value.strip()
+        headers.append((name, value))
+        low = name.lower()
+        if low == "content-length":
+            length = int(value)
+        elif low == "transfer-encoding":
+            chunked = value.lower().endswith("chunked")
+        elif low == "connection":
+            tokens = value.lower()
+            keep_alive = "close" not in tokens and (keep_alive or "keep-alive" in tokens)
+    status = int(code)
+    if chunked:
+        length = -1
+    elif length < 0:
+        keep_alive = False  # the body ends when the backend closes
+    return AnswerHead(status, reason, headers, length, chunked, keep_alive)
+
+
+class ChunkedScanner:
+    """Follows chunked framing through the raw bytes to find the answer's end, handing each
+    piece of payload to ``keep`` (the usage tail); the bytes themselves pass on untouched."""
+
+    __slots__ = ("_need", "_crlf", "_line", "_trailer")
+
+    def __init__(self) -> None:
+        self._need = 0  # payload bytes of the current chunk still due
+        self._crlf = 0  # bytes of the CRLF after a chunk's payload still due
+        self._line = b""  # a size or trailer line split across reads
+        self._trailer = False
+
+    def feed(self, data: bytes, keep: Callable[[bytes], None]) -> int:
+        """Bytes of ``data`` that belong to the answer when it ends here, else -1."""
+        i, n = 0, len(data)
+        while i < n:
+            if self._need:
+                take = min(self._need, n - i)
+                keep(data[i:i + take])
+                self._need -= take
+                i += take
+                if not self._need:
+                    self._crlf = 2
+            elif self._crlf:
+                take = min(self._crlf, n - i)
+                self._crlf -= take
+                i += take
+            else:
+                j = data.find(b"\n", i)
+                if j < 0:
+                    self._line += data[i:]
+                    if len(self._line) > 4096:
+                        raise ValueError("chunk size line too long")
+                    return -1
+                line, self._line = self._line + data[i:j], b""
+                i = j + 1
+                if self._trailer:
+                    if not line.strip():
+                        return i
+                    continue
+                size = int(line.split(b";", 1)[0].strip(), 16)
+                if size:
+                    self._need = size
+                else:
+                    self._trailer = True
+        return -1
+
+
+class UpstreamConnection(asyncio.Protocol):
+    """One connection to a backend; carries one exchange at a time, then goes back to the pool."""
+
+    def __init__(self, pool: "WirePool", key: tuple[str, int, bool]) -> None:
+        self._pool, self.key = pool, key
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+        self.reused = 0  # exchanges carried before the current one
+        self.idle_since = 0.0
+        self._head_buf = bytearray()
+        self._head: asyncio.Future[AnswerHead] | None = None
+        self._answer: AnswerHead | None = None
+        self._pending: list[bytes] = []  # body bytes read before relay() began
+        self._sink: asyncio.Transport | None = None
+        self._done: asyncio.Future[None] | None = None
+        self._remaining = 0
+        self._scanner: ChunkedScanner | None = None
+        self._exchange: Exchange | None = None
+        self._kept = 0
+        self._got_bytes = False
+        self._last_read = 0.0
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self._where = ""
+
+    # -- asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._pool.forget(self)
+        if self._answer is not None and self._sink is None:
+            return  # the head is out: relay() finds the rest and the close
+        self._closed_during_answer(exc)
+
+    def data_received(self, data: bytes) -> None:
+        self._got_bytes = True
+        if self._idle_timer is not None:
+            self._last_read = time.monotonic()
+        if self._sink is not None:
+            self._relay(data)
+        elif self._answer is not None:
+            self._pending.append(data)
+        elif self._head is not None:
+            self._read_head(data)
+        # bytes on an idle connection: nothing asked for them; the next exchange would be
+        # confused by them, so the connection is not reused
+        elif self.transport is not None:
+            self.transport.abort()
+
+    # -- one exchange
+
+    def start(self, request: bytes, where: str, idle_timeout_s: float | None) -> asyncio.Future[AnswerHead]:
+        """Send ``request``; the future gives the answer's head."""
+        loop = asyncio.get_running_loop()
+        self._where = where
+        self._head = loop.create_future()
+        self._got_bytes = False
+        if idle_timeout_s is not None:
+            self._last_read = time.monotonic()
+            self._idle_timer = loop.call_later(idle_timeout_s, self._check_idle, idle_timeout_s)
+        assert self.transport is not None
+        self.transport.write(request)
+        return self._head
+
+    def relay(self, sink: asyncio.Transport, client_head: bytes, exchange: Exchange) -> asyncio.Future[None]:
+        """Write ``client_head`` then the body to ``sink`` as it arrives; the future ends with
+        the answer (at once when it is already complete) or fails with UpstreamError."""
+        answer = self._answer
+        assert answer is not None
+        done = self._done = asyncio.get_running_loop().create_future()
+        self._exchange = exchange
+        self._sink = sink
+        if not answer.has_body:
+            sink.write(client_head)
+            self._finish()
+            return done
+        self._remaining = answer.length
+        self._scanner = ChunkedScanner() if answer.chunked else None
+        pending, self._pending = self._pending, []
+        if pending:
+            self._relay(pending[0] if len(pending) == 1 else b"".join(pending), client_head)
+        else:
+            sink.write(client_head)
+        if self.closed and self._sink is not None:
+            self._closed_during_answer(None)
+        return done
+
+    def pause_reading(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.resume_reading()
+
+    def abort(self) -> None:
+        """Give up this exchange: the connection closes (a backend notices a gone client)."""
+        self._stop_idle_timer()
+        for future in (self._head, self._done):
+            if future is not None and not future.done():
+                future.cancel()
+        self._reset()
+        if self.transport is not None:
+            self.transport.abort()
+
+    # -- internals
+
+    def _closed_during_answer(self, exc: Exception | None) -> None:
+        answer = self._answer
+        if answer is not None and answer.length < 0 and not answer.chunked:
+            self._finish()  # a close-delimited body ends here
+            return
+        self._fail(UpstreamError(f"{self._where} closed the connection{': ' + str(exc) if exc else ''}",
+                                 kind="reset", server=self._pool_server()))
+
+    # -- internals
+
+    def _read_head(self, data: bytes) -> None:
+        buf = self._head_buf
+        buf += data
+        end = buf.find(b"\r\n\r\n")
+        if end < 0:
+            if len(buf) > MAX_HEAD_BYTES:
+                self._fail(UpstreamError(f"{self._where} sent a head over {MAX_HEAD_BYTES} bytes",
+                                         kind="protocol", server=self._pool_server()))
+            return
+        try:
+            answer = parse_answer_head(bytes(buf[:end]))
+        except ValueError as exc:
+            self._fail(UpstreamError(f"{self._where} sent a malformed answer: {exc}", kind="protocol",
+                                     server=self._pool_server()))
+            return
+        if answer.status < 200:  # 1xx: an interim answer; the real one follows
+            del buf[:end + 4]
+            if buf:
+                rest = bytes(buf)
+                buf.clear()
+                self._read_head(rest)
+            return
+        self._answer = answer
+        if len(buf) > end + 4:
+            self._pending.append(bytes(buf[end + 4:]))
+        buf.clear()
+        head, self._head = self._head, None
+        if head is not None and not head.done():
+            head.set_result(answer)
+
+    def _relay(self, data: bytes, client_head: bytes | None = None) -> None:
+        """Pass ``data`` (body bytes) on, with the client's head before it the first time."""
+        ex = self._exchange
+        assert ex is not None and self._sink is not None
+        if ex.first_byte is None:
+            ex.first_byte = time.monotonic()
+        end = -1
+        try:
+            if self._scanner is not None:
+                end = self._scanner.feed(data, self._keep)
+            elif self._remaining >= 0:
+                if len(data) >= self._remaining:
+                    end = self._remaining
+                self._remaining -= len(data)
+                self._keep(data if end < 0 else data[:end])
+            else:
+                self._keep(data)
+        except ValueError as exc:
+            self._fail(UpstreamError(f"{self._where} sent broken chunked framing: {exc}", kind="protocol",
+                                     server=self._pool_server()))
+            return
+        if end >= 0 and end < len(data):
+            data = data[:end]
+            self._answer.keep_alive = False  # type: ignore[union-attr]  # bytes past the end: no reuse
+        sink = self._sink
+        if not sink.is_closing():
+            sink.write(data if client_head is None else client_head + data)
+        if end >= 0:
+            self._finish()
+
+    def _keep(self, piece: bytes) -> None:
+        tail = self._exchange.tail  # type: ignore[union-attr]
+        tail.append(piece)
+        self._kept += len(piece)
+        while self._kept - len(tail[0]) >= TAIL_BYTES:
+            self._kept -= len(tail.pop(0))
+
+    def _finish(self) -> None:
+        """The answer ended: the exchange is done, the connection goes back to the pool."""
+        self._stop_idle_timer()
+        done = self._done
+        keep = self._answer is not None and self._answer.keep_alive and not self.closed
+        self._reset()
+        if keep:
+            self.reused += 1
+            self._pool.put_back(self)
+        elif self.transport is not None and not self.closed:
+            self.transport.close()
+        if done is not None and not done.done():
+            done.set_result(None)
+
+    def _fail(self, error: UpstreamError) -> None:
+        self._stop_idle_timer()
+        head, done = self._head, self._done
+        self._reset()
+        if self.transport is not None and not self.closed:
+            self.transport.abort()
+        for future in (head, done):
+            if future is not None and not future.done():
+                future.set_exception(error)
+                return
+
+    def _reset(self) -> None:
+        self._head = self._done = None
+        self._answer = self._sink = self._scanner = self._exchange = None
+        self._pending = []
+        self._head_buf.clear()
+        self._kept = 0
+
+    def _check_idle(self, idle_timeout_s: float) -> None:
+        self._idle_timer = None
+        if self._head is None and self._answer is None:
+            return  # the exchange is over
+        silent = time.monotonic() - self._last_read
+        if silent < idle_timeout_s:
+            self._idle_timer = asyncio.get_running_loop().call_later(idle_timeout_s - silent, self._check_idle,
+                                                                     idle_timeout_s)
+            return
+        self._fail(UpstreamTimeout(f"{self._where} timed out (no byte for {idle_timeout_s:g} s)", kind="timeout",
+                                   server=self._pool_server()))
+
+    def _stop_idle_timer(self) -> None:
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+
+    def _pool_server(self) -> str | None:
+        return self._pool.server_of(self.key)
+
+    @property
+    def fresh_failure_possible(self) -> bool:
+        """A reused connection that failed before any byte came back was most likely closed
+        by the backend while idle (a keep-alive race): the request never reached it."""
+        return self.reused > 0 and not self._got_bytes
+
+
+class WirePool:
+    """Keep-alive connections per backend address, bounded in all by ``limit`` (0: unbounded)."""
+
+    def __init__(self, connect_timeout_s: float, idle_timeout_s: float | None, limit: int = 0,
+                 keepalive_s: float = KEEPALIVE_S) -> None:
+        self.connect_timeout_s = connect_timeout_s
+        self.idle_timeout_s = idle_timeout_s
+        self.limit = limit
+        self.keepalive_s = keepalive_s
+        self._idle: dict[tuple[str, int, bool], list[UpstreamConnection]] = {}
+        self._names: dict[tuple[str, int, bool], str] = {}
+        self._open = 0
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    def server_of(self, key: tuple[str, int, bool]) -> str | None:
+        return self._names.get(key)
+
+    async def exchange(self, host: str, port: int, tls: bool, request: bytes, server: str,
+                       where: str) -> tuple[UpstreamConnection, AnswerHead]:
+        """Send ``request`` on a pooled (else new) connection; returns it with the answer's head.
+        A reused connection that dies before answering is replaced by a fresh one once."""
+        key = (host, port, tls)
+        self._names[key] = server
+        conn = self._pooled(key)
+        if conn is None:
+            conn = await self._connect(key, where)
+        try:
+            return conn, await conn.start(request, where, self.idle_timeout_s)
+        except UpstreamError as exc:
+            if exc.kind != "reset" or not conn.fresh_failure_possible:
+                raise
+        except BaseException:
+            conn.abort()
+            raise
+        conn = await self._connect(key, where)
+        try:
+            return conn, await conn.start(request, where, self.idle_timeout_s)
+        except BaseException:
+            conn.abort()
+            raise
+
+    def _pooled(self, key: tuple[str, int, bool]) -> UpstreamConnection | None:
+        idle = self._idle.get(key)
+        now = 0.0
+        while idle:
+            conn = idle.pop()
+            if not now:
+                now = time.monotonic()
+            if conn.closed:
+                continue
+            if now - conn.idle_since > self.keepalive_s:
+                conn.abort()
+                continue
+            return conn
+        return None
+
+    async def _connect(self, key: tuple[str, int, bool], where: str) -> UpstreamConnection:
+        while self.limit and self._open >= self.limit:
+            self._close_one_idle()  # its close frees a place: wait for that, as for any
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            finally:
+                if waiter in self._waiters:
+                    self._waiters.remove(waiter)
+            pooled = self._pooled(key)
+            if pooled is not None:
+                return pooled
+        loop = asyncio.get_running_loop()
+        self._open += 1
+        try:
+            async with asyncio.timeout(self.connect_timeout_s):
+                _, conn = await loop.create_connection(lambda: UpstreamConnection(self, key), key[0], key[1],
+                                                       ssl=True if key[2] else None)
+        except TimeoutError:
+            self._released()
+            raise UpstreamTimeout(f"{where} timed out connecting", kind="timeout", server=self._names.get(key)) from None
+        except OSError as exc:
+            self._released()
+            raise UpstreamError(f"{where} is unreachable: {exc.strerror or exc}", kind="connect",
+                                server=self._names.get(key)) from None
+        except BaseException:
+            self._released()
+            raise
+        return conn  # type: ignore[return-value]
+
+    def put_back(self, conn: UpstreamConnection) -> None:
+        conn.idle_since = time.monotonic()
+        self._idle.setdefault(conn.key, []).append(conn)
+        self._wake_one()
+
+    def forget(self, conn: UpstreamConnection) -> None:
+        """A connection closed: it leaves the pool and frees a place under the limit."""
+        idle = self._idle.get(conn.key)
+        if idle and conn in idle:
+            idle.remove(conn)
+        self._released()
+
+    def _released(self) -> None:
+        self._open -= 1
+        self._wake_one()
+
+    def _wake_one(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    def _close_one_idle(self) -> None:
+        for idle in self._idle.values():
+            while idle:
+                conn = idle.pop()
+                if not conn.closed:
+                    conn.abort()  # its connection_lost frees the place
+                    return
+
+    def close(self) -> None:
+        for idle in self._idle.values():
+            for conn in idle:
+                conn.abort()
+        self._idle.clear()
+
+
+def request_bytes(method: str, target: str, host: str, headers: Iterable[tuple[str, str]], body: bytes) -> bytes:
+    """An HTTP/1.1 request with ``body`` framed by Content-Length (``headers`` carry no
+    framing or Host: the caller dropped them)."""
+    lines = [f"{method} {target} HTTP/1.1\r\nHost: {host}\r\n"]
+    lines += [f"{name}: {value}\r\n" for name, value in headers]
+    lines.append(f"Content-Length: {len(body)}\r\n\r\n")
+    return "".join(lines).encode("latin-1") + body
+
+
+def client_head(answer: AnswerHead, request_id: str, keep_alive: bool) -> tuple[bytes, bool]:
+    """The head the client gets for ``answer`` (framing as the backend's, so its bytes pass on
+    unchanged) and whether the connection stays open after it."""
+    lines = [f"HTTP/1.1 {answer.status} {answer.reason}"]
+    lines += [f"{name}: {value}" for name, value in answer.relayed_headers() if name.lower() != "x-request-id"]
+    lines.append(f"X-Request-Id: {request_id}")
+    if answer.has_body:
+        if answer.chunked:
+            lines.append("Transfer-Encoding: chunked")
+        elif answer.length >= 0:
+            lines.append(f"Content-Length: {answer.length}")
+        else:
+            keep_alive = False  # its end is the close of the connection
+    if not keep_alive:
+        lines.append("Connection: close")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"), keep_alive
