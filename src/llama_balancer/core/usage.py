@@ -29,9 +29,10 @@ def usage_from_tail(tail: bytes) -> Usage | None:
     """The last ``usage`` numbers in ``tail``, else llama-server ``timings``; None if neither."""
     if b'"usage"' not in tail and b'"timings"' not in tail:
         return None
-    last: dict[bytes, bytes] = {}
-    for name, value in _FIELD.findall(tail):
-        last[name] = value  # later occurrences win: the final chunk is the complete one
+    # Later occurrences win: the final chunk is the complete one.
+    last: dict[bytes, bytes] = dict(_FIELD.findall(tail))
+    if not last:
+        return None
     prompt = _int(last.get(b"prompt_tokens"))
     completion = _int(last.get(b"completion_tokens"))
     cache_n = _int(last.get(b"cache_n"))
@@ -42,12 +43,17 @@ def usage_from_tail(tail: bytes) -> Usage | None:
             prompt = prompt_n + (cache_n or 0)
     if prompt is None and completion is None:
         return None
-    return Usage(prompt, completion, cache_n, _float(last.get(b"predicted_ms")))
+    predicted_ms = last.get(b"predicted_ms")
+    return Usage(prompt, completion, cache_n, None if predicted_ms is None else _float(predicted_ms))
 
 
 def _int(raw: bytes | None) -> int | None:
+    if raw is None:
+        return None
+    if raw.isdigit():
+        return int(raw)
     try:
-        return int(raw) if raw is not None else None
+        return int(raw)
     except ValueError:
         return None
 

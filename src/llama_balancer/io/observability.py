@@ -43,34 +43,73 @@ class Metrics:
         self.failovers = Counter("llama_balancer_failovers", "Requests that succeeded elsewhere after a failure.",
                                  ["from_server", "to_server"], registry=self.prom)
         self.prom.register(_StateCollector(registry, extra_gauges))
-        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+        self._children: dict[tuple[str, str, str, str, str], tuple[Any, Any, Any, Any, Any]] = {}
 
     def observe(self, ex: Exchange) -> None:
         server = ex.server or "(none)"
         # A broken or abandoned answer counts as its outcome, not as the status it began with.
         status = str(ex.status) if ex.status is not None and ex.outcome in ("completed", "rejected") else ex.outcome
         instance = ex.instance or "" if ex.model_label != "(other)" else "(other)"
-        self._child(self.requests, ex.model_label, server, instance, ex.endpoint_label, status).inc()
-        if ex.duration_s is not None:
-            self._child(self.duration, ex.model_label, server, ex.endpoint_label).observe(ex.duration_s)
-        if ex.ttft_s is not None:
-            self._child(self.ttft, ex.model_label, server, ex.endpoint_label).observe(ex.ttft_s)
-        if ex.usage is not None:
-            if ex.usage.prompt_tokens:
-                self._child(self.prompt_tokens, ex.model_label, server).inc(ex.usage.prompt_tokens)
-            if ex.usage.completion_tokens:
-                self._child(self.completion_tokens, ex.model_label, server).inc(ex.usage.completion_tokens)
+        requests, duration, ttft, prompt, completion = self._bundle(
+            ex.model_label, server, instance, ex.endpoint_label, status)
+        requests.inc()
+        if ex.ended is not None:  # ex.duration_s
+            duration.observe(ex.ended - ex.started)
+        if ex.first_byte is not None:  # ex.ttft_s
+            ttft.observe(ex.first_byte - ex.started)
+        usage = ex.usage
+        if usage is not None:
+            if usage.prompt_tokens:
+                prompt.inc(usage.prompt_tokens)
+            if usage.completion_tokens:
+                completion.inc(usage.completion_tokens)
 
-    def _child(self, metric: Any, *labels: str) -> Any:
-        """``metric.labels(...)`` costs a lock and a few dict lookups; this is one lookup."""
-        key = (id(metric), labels)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = metric.labels(*labels)
-        return child
+    def _bundle(self, model: str, server: str, instance: str, endpoint: str,
+                status: str) -> tuple[Any, Any, Any, Any, Any]:
+        """The five labelled children one exchange may touch, looked up once together.
+
+        Each ``metric.labels(...)`` costs a lock and a few dict lookups, and creates the
+        child (a zero sample in the exposition); only ``requests`` is created up front, the
+        others on first use, exactly as calling ``labels`` where they are used would.
+        """
+        key = (model, server, instance, endpoint, status)
+        bundle = self._children.get(key)
+        if bundle is None:
+            bundle = self._children[key] = (
+                self.requests.labels(model, server, instance, endpoint, status),
+                _Lazy(self.duration, (model, server, endpoint)),
+                _Lazy(self.ttft, (model, server, endpoint)),
+                _Lazy(self.prompt_tokens, (model, server)),
+                _Lazy(self.completion_tokens, (model, server)),
+            )
+        return bundle
 
     def exposition(self) -> bytes:
         return generate_latest(self.prom)
+
+
+class _Lazy:
+    """A labelled child created on first use (so the exposition lists only children that
+    were used), then called directly."""
+
+    __slots__ = ("_metric", "_labels", "_child")
+
+    def __init__(self, metric: Any, labels: tuple[str, ...]) -> None:
+        self._metric = metric
+        self._labels = labels
+        self._child: Any = None
+
+    def inc(self, amount: float = 1) -> None:
+        child = self._child
+        if child is None:
+            child = self._child = self._metric.labels(*self._labels)
+        child.inc(amount)
+
+    def observe(self, amount: float) -> None:
+        child = self._child
+        if child is None:
+            child = self._child = self._metric.labels(*self._labels)
+        child.observe(amount)
 
 
 class _StateCollector(Collector):
