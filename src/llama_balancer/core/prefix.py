@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from functools import cached_property
 from typing import Any, Container
 
 import orjson
@@ -43,9 +42,8 @@ class Fingerprint:
     hashes: tuple[int, ...] = ()
     lengths: tuple[int, ...] = ()
 
-    @cached_property
+    @property
     def chars(self) -> int:
-        """The prompt characters the blocks cover (computed once)."""
         return sum(self.lengths)
 
 
@@ -142,6 +140,10 @@ def _chat_blocks(payload: dict[str, Any], messages: list[Any], out: list[tuple[b
 def _render(message: dict[str, Any]) -> str:
     """``role`` (``:name``, ``#tool_call_id``), a newline, then the message's text."""
     role = message.get("role")
+    if len(message) == 2 and isinstance(role, str):  # the common {"role", "content"} message
+        content = message.get("content")
+        if isinstance(content, str):
+            return role + "\n" + content
     head = role if isinstance(role, str) else str(message.get("type", "item"))
     name = message.get("name")
     if isinstance(name, str):

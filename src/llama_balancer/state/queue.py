@@ -82,6 +82,8 @@ class WaitQueue:
 
     def wake_all(self) -> None:
         """Capacity changed: every waiter re-checks, in fair order (the loop runs them FIFO)."""
+        if not self._size:
+            return
         for ticket in self.fair_order():
             ticket.wake()
 

@@ -56,11 +56,13 @@ def _target(state: BackendState, instance: str, order: int, affinity: AffinitySt
     else:
         age = now - load_at if load_at is not None else float("nan")
         load = fuse_load(own, polled, age, routing.poll_max_age_s, state.inflight_at_poll.get(instance, 0))
-    capacity = free_capacity(state.server.request_max, state.total, slots.total if slots else None, load)
     match_chars = affinity.match_chars(state.name, instance, fp)
     status = state.health(now)
     if slots is None:
+        request_max = state.server.request_max  # free_capacity without slots
+        capacity = None if request_max is None else max(request_max - state.total, 0)
         return Target(state.name, instance, order, status, load, capacity, match_chars)  # type: ignore[arg-type]
+    capacity = free_capacity(state.server.request_max, state.total, slots.total, load)
     # Idle: what the poll saw idle, plus slots it saw busy only with our own pinned requests
     # (ended since, unless pinned again); minus the slots our requests hold now.
     pinned, pinned_at_poll = state.pinned, state.pinned_at_poll
