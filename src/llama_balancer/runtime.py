@@ -85,7 +85,7 @@ class Runtime:
             self.context.reload = self.reload
             self._watcher = ConfigWatcher(config_path, options.config_poll_interval_s, self.reload)
         self._runner: web.AppRunner | None = None
-        self._front: Front | None = None
+        self.front: Front | None = None
         self.port: int | None = None
 
     async def start(self, host: str = "0.0.0.0", port: int = 18000) -> int:
@@ -112,8 +112,8 @@ class Runtime:
         # runner's RequestHandler (http/front.py); the app serves those as a TCPSite would.
         pool = WirePool(options.upstream_connect_timeout_s, options.upstream_idle_timeout_s,
                         options.upstream_pool_size)
-        self._front = Front(ctx, self._runner.server, pool)  # type: ignore[arg-type]
-        self.port = await self._front.listen(host, port)
+        self.front = Front(ctx, self._runner.server, pool)  # type: ignore[arg-type]
+        self.port = await self.front.listen(host, port)
         return self.port
 
     async def reload(self) -> dict[str, Any]:
@@ -158,13 +158,13 @@ class Runtime:
         if self._watcher is not None:
             await self._watcher.stop()
         grace = ctx.config.balancer.drain_grace_s
-        if self._front is not None:
-            self._front.stop_listening()
-        draining = [self._front.drain(grace)] if self._front is not None else []
+        if self.front is not None:
+            self.front.stop_listening()
+        draining = [self.front.drain(grace)] if self.front is not None else []
         if self._runner is not None:
             draining.append(self._runner.cleanup())  # connections the front handed over
         await asyncio.gather(*draining)
-        self._front = self._runner = None
+        self.front = self._runner = None
         ctx.pollers.stop()
         await ctx.gpu.stop()
         await ctx.client.close()

@@ -154,12 +154,13 @@ class FrontConnection(asyncio.Protocol):
         if self._parsed is not None:
             end, head = self._parsed
         else:
-            end = buf.find(b"\r\n\r\n", 0, MAX_NATIVE_HEAD + 4)
-            if end < 0:
-                if len(buf) > MAX_NATIVE_HEAD:
-                    self._hand_off()
-                return
             ctx = self.front.ctx
+            longest = min(MAX_NATIVE_HEAD, ctx.config.balancer.max_header_bytes)
+            end = buf.find(b"\r\n\r\n", 0, longest + 4)
+            if end < 0:
+                if len(buf) > longest:
+                    self._hand_off()  # aiohttp applies max_header_bytes per line
+                return
             parsed = parse_request_head(bytes(buf[:end]), NATIVE_PATHS, ctx.config.balancer.max_headers)
             if parsed is None:
                 self._hand_off()

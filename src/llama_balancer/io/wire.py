@@ -390,6 +390,11 @@ class WirePool:
         self._open = 0
         self._waiters: deque[asyncio.Future[None]] = deque()
 
+    @property
+    def open_connections(self) -> int:
+        """Connections open or being opened, idle in the pool or carrying an exchange."""
+        return self._open
+
     def server_of(self, key: tuple[str, int, bool]) -> str | None:
         return self._names.get(key)
 
