@@ -149,7 +149,8 @@ def place(
         floor = min(t.load for t in open_)
         fair = [t for t in open_ if not overloaded(t.load, floor, knobs)]
     threshold = match_threshold(prompt_chars, knobs)
-    if knobs.pin_slots:
+    # Rules about slots apply only where some target knows idle slots or a busy one of ours.
+    if knobs.pin_slots and any(t.idle_slots or t.busy_wait_s is not None for t in pool):
         if hold_s > 0 and _worth_holding(pool, fair, prompt_chars, threshold, knobs, hold_s):
             return Queue("waiting for the busy slot that holds this prompt", waiting_for_cache=True)
         slotted = _slot_placement(fair, sticky, threshold, knobs)
@@ -305,5 +306,5 @@ def _sticky_target(fair: list[Target], sticky: tuple[str, str] | None) -> Target
 
 
 def _place(target: Target, reason: Reason, threshold: int, knobs: PlacementKnobs) -> Place:
-    slot = pick_slot(target, threshold) if knobs.pin_slots else None
+    slot = pick_slot(target, threshold) if knobs.pin_slots and target.idle_slots else None
     return Place(target.server, target.instance, reason, slot, target.match_chars)

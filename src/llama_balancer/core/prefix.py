@@ -134,7 +134,11 @@ def _chat_blocks(payload: dict[str, Any], messages: list[Any], out: list[tuple[b
     for message in rest[first:]:
         if len(out) >= limit:
             return
-        _cut(out, b"M", _render(message), CHAT_BLOCK_CHARS, limit)
+        text = _render(message)
+        if len(text) <= CHAT_BLOCK_CHARS:  # _cut's one-piece case, inline
+            out.append((b"M", text, len(text)))
+        else:
+            _cut(out, b"M", text, CHAT_BLOCK_CHARS, limit)
 
 
 def _render(message: dict[str, Any]) -> str:
