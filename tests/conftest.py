@@ -83,6 +83,14 @@ async def balancer():
         await runtime.stop()
 
 
+def _front_at_rest(runtime: Runtime) -> bool:
+    front = runtime.front
+    if front is None:
+        return True
+    serving = [conn for conn in front.connections if conn.task is not None]
+    return not serving and front.pool.open_connections == front.pool.idle_connections
+
+
 def _settled(runtime: Runtime) -> bool:
     registry = runtime.context.registry
     window = runtime.context.config.balancer.health_window
@@ -108,10 +116,12 @@ async def snapshot(http: aiohttp.ClientSession, runtime: Runtime) -> dict[str, A
 
 
 async def assert_nothing_in_flight(http: aiohttp.ClientSession, runtime: Runtime) -> None:
-    """Every in-flight count is back to zero, as /llmhealth-snapshot reports it."""
+    """Every in-flight count is back to zero, as /llmhealth-snapshot reports it, no client
+    connection of the native front is still serving a request, and every open backend
+    connection is idle in the pool (none left half-way through an exchange)."""
     async def clear() -> bool:
         snap = await snapshot(http, runtime)
         return snap["inflight_total"] == 0 and all(
             b["total_inflight"] == 0 and not b["model_inflight"] for b in snap["backends"].values()
-        )
+        ) and _front_at_rest(runtime)
     await wait_until(clear, timeout=2.0)

@@ -395,6 +395,11 @@ class WirePool:
         """Connections open or being opened, idle in the pool or carrying an exchange."""
         return self._open
 
+    @property
+    def idle_connections(self) -> int:
+        """Connections waiting in the pool for their next exchange."""
+        return sum(len(idle) for idle in self._idle.values())
+
     def server_of(self, key: tuple[str, int, bool]) -> str | None:
         return self._names.get(key)
 
