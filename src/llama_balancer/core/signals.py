@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Iterable, Literal
 
 import orjson
@@ -43,12 +44,14 @@ class SlotsInfo:
     def total(self) -> int:
         return len(self.slots)
 
-    @property
+    @cached_property
     def busy_ids(self) -> tuple[int, ...]:
+        """Computed once per poll's answer (the value is frozen), read by every decision."""
         return tuple(s.id for s in self.slots if s.processing)
 
-    @property
+    @cached_property
     def idle_ids(self) -> tuple[int, ...]:
+        """Computed once per poll's answer, like ``busy_ids``."""
         return tuple(s.id for s in self.slots if not s.processing)
 
     @property
@@ -61,9 +64,25 @@ class SlotsInfo:
 
     def for_model(self, model: str) -> SlotsInfo:
         """The slots of one instance where slots name their model; all of them otherwise."""
-        if not any(s.model is not None for s in self.slots):
+        if not self.named:
             return self
-        return SlotsInfo(tuple(s for s in self.slots if s.model == model))
+        memo = self.per_model
+        found = memo.get(model)
+        if found is None:
+            found = SlotsInfo(tuple(s for s in self.slots if s.model == model))
+            if len(memo) < 64:  # instance names; bounded all the same
+                memo[model] = found
+        return found
+
+    @cached_property
+    def named(self) -> bool:
+        """Whether slots name their model (the simulator's addition)."""
+        return any(s.model is not None for s in self.slots)
+
+    @cached_property
+    def per_model(self) -> dict[str, SlotsInfo]:
+        """``for_model``'s answers so far (the slots are frozen, so they hold)."""
+        return {}
 
 
 def parse_llamacpp_slots(body: bytes) -> SlotsInfo | None:
