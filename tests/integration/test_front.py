@@ -3,10 +3,11 @@ same connection, limits, and the upstream pool's reuse of backend connections.""
 from __future__ import annotations
 
 import asyncio
+import socket
 
 import orjson
 
-from tests.conftest import assert_nothing_in_flight, server_entry
+from tests.conftest import assert_nothing_in_flight, server_entry, wait_until
 
 MODEL = "m"
 
@@ -133,14 +134,26 @@ async def test_a_header_with_a_bare_line_feed_is_refused_and_never_reaches_a_bac
     assert sim.events == []
 
 
-async def test_a_client_reading_slowly_gets_every_byte_of_a_long_stream(sims, balancer, http):
+async def test_a_client_reading_slowly_pushes_back_and_still_gets_every_byte(sims, balancer, http):
     _, runtime = await start(sims, balancer)
-    reader, writer = await asyncio.open_connection("127.0.0.1", runtime.port, limit=1024)
-    writer.transport.set_write_buffer_limits(0)
-    writer.write(chat(tokens=2000, stream=True))
-    await asyncio.sleep(0.3)  # let the balancer fill its write buffer and push back on the backend
+    front = runtime.front
+    assert front is not None
+    client = socket.socket()
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    client.connect(("127.0.0.1", runtime.port))
+    reader, writer = await asyncio.open_connection(sock=client, limit=1024)
+    served = await wait_until(lambda: list(front.connections))
+    # A slow network: small kernel buffers on both sides, so the balancer's own buffer fills.
+    served[0].transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    writer.write(chat(tokens=8000, stream=True))
+    # The client reads nothing yet: the balancer stops reading the backend.
+    await wait_until(lambda: any(conn.upstream is not None and conn.upstream._paused for conn in front.connections))
     status, _, body = await read_answer(reader)
-    writer.close()
     events = [line for line in body.split(b"\n\n") if line.startswith(b"data: {")]
-    assert status == 200 and body.rstrip().endswith(b"data: [DONE]") and len(events) >= 2000
+    assert status == 200 and body.rstrip().endswith(b"data: [DONE]") and len(events) >= 8000
+    writer.write(chat(tokens=3))  # the same backend connection, no longer held back, serves the next one
+    status, _, body = await read_answer(reader)
+    assert status == 200 and orjson.loads(body)["usage"]["completion_tokens"] == 3
+    assert front.pool.open_connections == 1
+    writer.close()
     await assert_nothing_in_flight(http, runtime)

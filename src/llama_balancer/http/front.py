@@ -128,12 +128,12 @@ class FrontConnection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self._writing_paused = True
-        if self.upstream is not None:
+        if self.upstream is not None and self.upstream.relaying_to(self.transport):
             self.upstream.pause_reading()
 
     def resume_writing(self) -> None:
         self._writing_paused = False
-        if self.upstream is not None:
+        if self.upstream is not None and self.upstream.relaying_to(self.transport):
             self.upstream.resume_reading()
 
     def close(self) -> None:

@@ -37,6 +37,7 @@ class AnswerHead:
     length: int  # body bytes due; -1 when chunked or delimited by close
     chunked: bool
     keep_alive: bool
+    transfer_encoding: str = ""  # as sent, restated to the client (the bytes pass unchanged)
 
     @property
     def has_body(self) -> bool:
@@ -59,7 +60,7 @@ def parse_answer_head(head: bytes) -> AnswerHead:
     if not version.startswith("HTTP/1.") or len(code) != 3:
         raise ValueError(f"not an HTTP/1.x status line: {lines[0][:80]!r}")
     headers: list[tuple[str, str]] = []
-    length, chunked = -1, False
+    length, chunked, coding = -1, False, ""
     keep_alive = version == "HTTP/1.1"
     for line in lines[1:]:
         name, sep, value = line.partition(":")
@@ -71,6 +72,7 @@ def parse_answer_head(head: bytes) -> AnswerHead:
         if low == "content-length":
             length = int(value)
         elif low == "transfer-encoding":
+            coding = value
             chunked = value.lower().endswith("chunked")
         elif low == "connection":
             tokens = value.lower()
@@ -80,7 +82,7 @@ def parse_answer_head(head: bytes) -> AnswerHead:
         length = -1
     elif length < 0:
         keep_alive = False  # the body ends when the backend closes
-    return AnswerHead(status, reason, headers, length, chunked, keep_alive)
+    return AnswerHead(status, reason, headers, length, chunked, keep_alive, coding)
 
 
 class ChunkedScanner:
@@ -154,6 +156,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._last_read = 0.0
         self._idle_timer: asyncio.TimerHandle | None = None
         self._where = ""
+        self._paused = False
 
     # -- asyncio.Protocol
 
@@ -220,12 +223,19 @@ class UpstreamConnection(asyncio.Protocol):
             self._closed_during_answer(None)
         return done
 
+    def relaying_to(self, sink: asyncio.BaseTransport | None) -> bool:
+        """Whether this connection is relaying an answer to ``sink`` right now."""
+        return self._sink is sink and sink is not None
+
     def pause_reading(self) -> None:
-        if self.transport is not None and not self.closed:
+        """The client reads slower than the backend writes: stop reading (TCP pushes back)."""
+        if self.transport is not None and not self.closed and not self._paused:
+            self._paused = True
             self.transport.pause_reading()
 
     def resume_reading(self) -> None:
-        if self.transport is not None and not self.closed:
+        if self.transport is not None and not self.closed and self._paused:
+            self._paused = False
             self.transport.resume_reading()
 
     def abort(self) -> None:
@@ -323,6 +333,7 @@ class UpstreamConnection(asyncio.Protocol):
         done = self._done
         keep = self._answer is not None and self._answer.keep_alive and not self.closed
         self._reset()
+        self.resume_reading()  # a slow client's push-back must not follow the connection
         if keep:
             self.reused += 1
             self._pool.put_back(self)
@@ -528,7 +539,7 @@ def client_head(answer: AnswerHead, request_id: str, keep_alive: bool) -> tuple[
     lines.append(f"X-Request-Id: {request_id}")
     if answer.has_body:
         if answer.chunked:
-            lines.append("Transfer-Encoding: chunked")
+            lines.append(f"Transfer-Encoding: {answer.transfer_encoding}")
         elif answer.length >= 0:
             lines.append(f"Content-Length: {answer.length}")
         else:
