@@ -225,8 +225,11 @@ class FrontConnection(asyncio.Protocol):
             log.exception("unexpected error on %s %s", head.method, head.path)
             self._answer_error(BalancerError("internal error in llama-balancer"), request_id)
         finally:
-            if ex is not None:
-                finish_exchange(ctx, ex, error)
+            try:
+                if ex is not None:
+                    finish_exchange(ctx, ex, error)
+            except Exception:  # bookkeeping must never stall the connection
+                log.exception("recording %s %s failed", head.method, head.path)
             self._done()
 
     def _done(self) -> None:
