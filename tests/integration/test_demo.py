@@ -26,6 +26,8 @@ def test_the_demo_serves_the_openai_api_and_the_dashboard_and_stops_on_ctrl_c():
             assert time.monotonic() < deadline and process.poll() is None, "".join(lines)
             lines.append(process.stdout.readline())
         banner = "".join(lines)
+        config_path = banner.split("demo config written to ", 1)[1].split("\n", 1)[0].strip()
+        assert os.path.exists(config_path)
         assert f"OpenAI API base URL: http://127.0.0.1:{port}/v1" in banner
         assert f"Dashboard:           http://127.0.0.1:{port}/llmhealth-monitor" in banner
         assert "x2 instances" in banner
@@ -42,3 +44,4 @@ def test_the_demo_serves_the_openai_api_and_the_dashboard_and_stops_on_ctrl_c():
     finally:
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=15) == 0
+    assert not os.path.exists(os.path.dirname(config_path)), "the demo's temporary config outlived it"

@@ -7,6 +7,7 @@ PC2 serves ``llama-3.1-8b`` and ``qwen2.5-7b``, PC3 serves ``qwen2.5-7b`` and ``
 from __future__ import annotations
 
 import json
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -53,9 +54,10 @@ async def _demo(host: str, port: int) -> None:
     sims = [await start_sim(SimConfig(name=b["name"], models=b["models"], instances=b["instances"],
                                       slots=2, prompt_tps=4000.0, gen_tps=40.0, default_max_tokens=64))
             for b in DEMO_BACKENDS]
+    folder = Path(tempfile.mkdtemp(prefix="llama-balancer-demo-"))
     try:
         data = demo_config({b["name"]: sim.port for b, sim in zip(DEMO_BACKENDS, sims)})
-        path = Path(tempfile.mkdtemp(prefix="llama-balancer-demo-")) / "server-list.json"
+        path = folder / "server-list.json"
         path.write_text(json.dumps(data, indent=2, ensure_ascii=False))
         runtime = Runtime(parse_config(path.read_bytes()), config_path=str(path))
         shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
@@ -72,6 +74,7 @@ async def _demo(host: str, port: int) -> None:
     finally:
         for sim in sims:
             await sim.close()
+        shutil.rmtree(folder, ignore_errors=True)  # the demo's config lives as long as the demo
 
 
 def run_demo(host: str, port: int) -> int:
