@@ -104,7 +104,7 @@ class Runtime:
             build_app(ctx), handler_cancellation=True, access_log=None,
             shutdown_timeout=options.drain_grace_s,
             max_line_size=options.max_header_bytes, max_field_size=options.max_header_bytes,
-            max_headers=options.max_headers,
+            max_headers=options.max_headers, keepalive_timeout=options.client_idle_timeout_s,
             logger=QuietProtocolErrors(logging.getLogger("aiohttp.server")),
         )
         await self._runner.setup()

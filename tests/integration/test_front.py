@@ -157,3 +157,20 @@ async def test_a_client_reading_slowly_pushes_back_and_still_gets_every_byte(sim
     assert front.pool.open_connections == 1
     writer.close()
     await assert_nothing_in_flight(http, runtime)
+
+
+async def test_idle_and_half_sent_connections_are_closed_but_a_long_answer_is_not(sims, balancer):
+    sim = await sims(name="PC1", models=[MODEL], fast=False, chunk_delay_s=0.02)
+    runtime = await balancer({"servers": {"PC1": server_entry(sim, kind="llama.cpp")}, "models": {MODEL: ["PC1"]},
+                              "balancer": {"client_idle_timeout_s": 0.2}})
+    idle_reader, idle_writer = await asyncio.open_connection("127.0.0.1", runtime.port)
+    half_reader, half_writer = await asyncio.open_connection("127.0.0.1", runtime.port)
+    half_writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: lb\r\n")  # and nothing more
+    busy_reader, busy_writer = await asyncio.open_connection("127.0.0.1", runtime.port)
+    busy_writer.write(chat(tokens=30, stream=True))  # about 0.6 s of answer, three idle timeouts
+    status, _, body = await read_answer(busy_reader)
+    assert status == 200 and body.rstrip().endswith(b"data: [DONE]")
+    assert await asyncio.wait_for(idle_reader.read(), 2) == b""
+    assert await asyncio.wait_for(half_reader.read(), 2) == b""
+    for writer in (idle_writer, half_writer, busy_writer):
+        writer.close()

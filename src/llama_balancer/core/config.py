@@ -112,6 +112,7 @@ class BalancerOptions(BaseModel):
     upstream_connect_timeout_s: float = Field(300.0, gt=0)
     upstream_idle_timeout_s: float | None = Field(None, gt=0)
     upstream_pool_size: int = Field(0, ge=0)  # 0 = unlimited connections per host
+    client_idle_timeout_s: float = Field(75.0, gt=0)  # a client connection idle (or stuck mid-head) this long closes
     max_body_bytes: int = Field(32 * 1024 * 1024, gt=0)
     gpu_sample_interval_s: float = Field(1.0, gt=0)
     gpu_window_s: float = Field(5.0, gt=0)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from http import HTTPStatus
 from typing import Callable
 from urllib.parse import urlsplit
@@ -48,17 +49,31 @@ class Front:
         self.connections: set[FrontConnection] = set()
         self.closing = False
         self._server: asyncio.AbstractServer | None = None
+        self._sweeper: asyncio.Task[None] | None = None
         self._addresses: dict[str, tuple[str, int, bool, str]] = {}
 
     async def listen(self, host: str, port: int, backlog: int = 4096) -> int:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(lambda: FrontConnection(self), host, port, backlog=backlog,
                                                 reuse_address=True)
+        self._sweeper = loop.create_task(self._close_idle_connections())
         return self._server.sockets[0].getsockname()[1]
+
+    async def _close_idle_connections(self) -> None:
+        """A client connection with no request in progress for ``client_idle_timeout_s``
+        (idle keep-alive, or a head that never completes) is closed: descriptors are finite."""
+        while True:
+            timeout = self.ctx.config.balancer.client_idle_timeout_s
+            await asyncio.sleep(min(timeout / 4, 5.0))
+            stale = time.monotonic() - timeout
+            for conn in [c for c in self.connections if c.task is None and c.last_active < stale]:
+                conn.close()
 
     def stop_listening(self) -> None:
         """No new connections; idle native ones close, busy ones close after their answer."""
         self.closing = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         if self._server is not None:
             self._server.close()
         for conn in list(self.connections):
@@ -101,6 +116,7 @@ class FrontConnection(asyncio.Protocol):
         self.upstream: UpstreamConnection | None = None
         self.head_sent = False
         self.keep_alive = True
+        self.last_active = time.monotonic()  # the last byte read, or the last answer's end
         self._parsed: tuple[int, RequestHead] | None = None  # a head whose body is still arriving
         self._reading_paused = False
         self._writing_paused = False
@@ -120,6 +136,7 @@ class FrontConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
+        self.last_active = time.monotonic()
         if self.task is None:
             self._next()
         elif len(self.buffer) > READ_AHEAD and not self._reading_paused and self.transport is not None:
@@ -236,6 +253,7 @@ class FrontConnection(asyncio.Protocol):
         """The answer is out: read on, serve what is buffered, or close."""
         self.task = None
         self.upstream = None
+        self.last_active = time.monotonic()
         transport = self.transport
         if transport is None or transport.is_closing():
             return
