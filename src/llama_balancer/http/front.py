@@ -24,7 +24,8 @@ from multidict import CIMultiDict
 from ..core.auth import bearer_token
 from ..core.config import ServerConfig
 from ..core.errors import BalancerError, PayloadTooLarge
-from ..io.wire import UpstreamConnection, WirePool, client_head, request_bytes
+from ..io.http1 import client_head, request_bytes
+from ..io.wire import UpstreamConnection, WirePool
 from ..state.exchange import Exchange
 from .context import AppContext
 from .guards import auth_refusal, request_id_from

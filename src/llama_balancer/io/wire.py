@@ -15,122 +15,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from dataclasses import dataclass
-from typing import Callable, Iterable
 
 from ..core.errors import UpstreamError, UpstreamTimeout
 from ..core.usage import TAIL_BYTES
 from ..state.exchange import Exchange
-from .headers import HOP_BY_HOP
+from .http1 import AnswerHead, ChunkedScanner, parse_answer_head
 
 KEEPALIVE_S = 30.0  # an idle pooled connection older than this is closed, not reused
 MAX_HEAD_BYTES = 65536
-
-
-@dataclass
-class AnswerHead:
-    """A backend answer's status line and headers, with how its body is framed."""
-
-    status: int
-    reason: str
-    headers: list[tuple[str, str]]
-    length: int  # body bytes due; -1 when chunked or delimited by close
-    chunked: bool
-    keep_alive: bool
-    transfer_encoding: str = ""  # as sent, restated to the client (the bytes pass unchanged)
-
-    @property
-    def has_body(self) -> bool:
-        return self.status >= 200 and self.status not in (204, 304)
-
-    def relayed_headers(self) -> list[tuple[str, str]]:
-        """The headers a client may see: hop-by-hop ones (and any the answer names in
-        ``Connection``) dropped; framing is restated by whoever writes the client's head."""
-        named = {token.strip().lower() for name, value in self.headers if name.lower() == "connection"
-                 for token in value.split(",")}
-        drop = HOP_BY_HOP | named | {"content-length"}
-        return [(name, value) for name, value in self.headers if name.lower() not in drop]
-
-
-def parse_answer_head(head: bytes) -> AnswerHead:
-    """The head of an answer (without the blank line); raises ValueError when malformed."""
-    lines = head.decode("latin-1").split("\r\n")
-    version, _, rest = lines[0].partition(" ")
-    code, _, reason = rest.partition(" ")
-    if not version.startswith("HTTP/1.") or len(code) != 3:
-        raise ValueError(f"not an HTTP/1.x status line: {lines[0][:80]!r}")
-    headers: list[tuple[str, str]] = []
-    length, chunked, coding = -1, False, ""
-    keep_alive = version == "HTTP/1.1"
-    for line in lines[1:]:
-        name, sep, value = line.partition(":")
-        if not sep:
-            raise ValueError(f"malformed header line: {line[:80]!r}")
-        value = value.strip()
-        headers.append((name, value))
-        low = name.lower()
-        if low == "content-length":
-            length = int(value)
-        elif low == "transfer-encoding":
-            coding = value
-            chunked = value.lower().endswith("chunked")
-        elif low == "connection":
-            tokens = value.lower()
-            keep_alive = "close" not in tokens and (keep_alive or "keep-alive" in tokens)
-    status = int(code)
-    if chunked:
-        length = -1
-    elif length < 0:
-        keep_alive = False  # the body ends when the backend closes
-    return AnswerHead(status, reason, headers, length, chunked, keep_alive, coding)
-
-
-class ChunkedScanner:
-    """Follows chunked framing through the raw bytes to find the answer's end, handing each
-    piece of payload to ``keep`` (the usage tail); the bytes themselves pass on untouched."""
-
-    __slots__ = ("_need", "_crlf", "_line", "_trailer")
-
-    def __init__(self) -> None:
-        self._need = 0  # payload bytes of the current chunk still due
-        self._crlf = 0  # bytes of the CRLF after a chunk's payload still due
-        self._line = b""  # a size or trailer line split across reads
-        self._trailer = False
-
-    def feed(self, data: bytes, keep: Callable[[bytes], None]) -> int:
-        """Bytes of ``data`` that belong to the answer when it ends here, else -1."""
-        i, n = 0, len(data)
-        while i < n:
-            if self._need:
-                take = min(self._need, n - i)
-                keep(data[i:i + take])
-                self._need -= take
-                i += take
-                if not self._need:
-                    self._crlf = 2
-            elif self._crlf:
-                take = min(self._crlf, n - i)
-                self._crlf -= take
-                i += take
-            else:
-                j = data.find(b"\n", i)
-                if j < 0:
-                    self._line += data[i:]
-                    if len(self._line) > 4096:
-                        raise ValueError("chunk size line too long")
-                    return -1
-                line, self._line = self._line + data[i:j], b""
-                i = j + 1
-                if self._trailer:
-                    if not line.strip():
-                        return i
-                    continue
-                size = int(line.split(b";", 1)[0].strip(), 16)
-                if size:
-                    self._need = size
-                else:
-                    self._trailer = True
-        return -1
 
 
 class UpstreamConnection(asyncio.Protocol):
@@ -520,30 +412,3 @@ class WirePool:
             for conn in idle:
                 conn.abort()
         self._idle.clear()
-
-
-def request_bytes(method: str, target: str, host: str, headers: Iterable[tuple[str, str]], body: bytes) -> bytes:
-    """An HTTP/1.1 request with ``body`` framed by Content-Length (``headers`` carry no
-    framing or Host: the caller dropped them)."""
-    lines = [f"{method} {target} HTTP/1.1\r\nHost: {host}\r\n"]
-    lines += [f"{name}: {value}\r\n" for name, value in headers]
-    lines.append(f"Content-Length: {len(body)}\r\n\r\n")
-    return "".join(lines).encode("latin-1") + body
-
-
-def client_head(answer: AnswerHead, request_id: str, keep_alive: bool) -> tuple[bytes, bool]:
-    """The head the client gets for ``answer`` (framing as the backend's, so its bytes pass on
-    unchanged) and whether the connection stays open after it."""
-    lines = [f"HTTP/1.1 {answer.status} {answer.reason}"]
-    lines += [f"{name}: {value}" for name, value in answer.relayed_headers() if name.lower() != "x-request-id"]
-    lines.append(f"X-Request-Id: {request_id}")
-    if answer.has_body:
-        if answer.chunked:
-            lines.append(f"Transfer-Encoding: {answer.transfer_encoding}")
-        elif answer.length >= 0:
-            lines.append(f"Content-Length: {answer.length}")
-        else:
-            keep_alive = False  # its end is the close of the connection
-    if not keep_alive:
-        lines.append("Connection: close")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"), keep_alive

@@ -7,7 +7,7 @@ import pytest
 
 from llama_balancer.http.front import NATIVE_PATHS
 from llama_balancer.http.request_head import parse_request_head
-from llama_balancer.io.wire import ChunkedScanner, client_head, parse_answer_head, request_bytes
+from llama_balancer.io.http1 import ChunkedScanner, client_head, parse_answer_head, request_bytes
 
 HEAD = b"POST /v1/chat/completions?x=1 HTTP/1.1\r\nHost: lb\r\nContent-Type: application/json\r\nContent-Length: 42"
 
