@@ -42,6 +42,8 @@ def test_connection_close_is_noted():
     b"POST /v1/chat/completions HTTP/1.1\r\nHost: lb\r\nContent-Length : 2",  # space before colon
     b"POST /v1/chat/completions HTTP/1.1\r\nHost: lb\r\n folded: 2",  # obs-fold
     b"POST /v1/chat/completions HTTP/1.1\r\nHost lb\r\nContent-Length: 2",  # no colon
+    b"POST /v1/chat/completions HTTP/1.1\r\nHost: lb\r\nContent-Length: 2\r\nX A: b",  # not a token
+    b"POST /v1/chat/completions HTTP/1.1\r\nHost: lb\r\nContent-Length: 2\r\n: b",  # empty name
 ])
 def test_anything_but_the_plain_case_goes_to_aiohttp(head):
     assert parse_request_head(head, NATIVE_PATHS, 100) is None

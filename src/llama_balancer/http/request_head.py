@@ -2,11 +2,12 @@
 
 Only the plain case is accepted: ``POST`` of HTTP/1.1 to a routed path, with a body framed
 by one Content-Length, no ``Transfer-Encoding``, ``Expect`` or ``Upgrade``, and clean header
-lines. Anything else is not refused here: the connection goes to aiohttp, whose parser is
+lines (token names, no control bytes). Anything else is not refused here: the connection goes to aiohttp, whose parser is
 strict and complete, and which answers it as before.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 # Bytes a head may hold besides its CRLF line ends: tab, printable ASCII, and (obs-text)
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 # a header to the backend) sends the connection to aiohttp's strict parser instead.
 _CLEAN = bytes([9, *range(0x20, 0x7F), *range(0x80, 0x100)])
 _HANDED_OVER = frozenset({"transfer-encoding", "expect", "upgrade"})
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # a header name (RFC 9110 token)
 
 
 @dataclass(slots=True)
@@ -44,7 +46,7 @@ def parse_request_head(head: bytes, paths: frozenset[str], max_headers: int) -> 
     keep_alive = True
     for line in lines[1:]:
         name, sep, value = line.partition(":")
-        if not sep or not name or name[-1] in " \t" or name[0] in " \t":
+        if not sep or not _TOKEN.fullmatch(name):
             return None
         value = value.strip(" \t")
         low = name.lower()
