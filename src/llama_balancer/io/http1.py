@@ -11,13 +11,19 @@ from typing import Callable, Iterable
 from .headers import HOP_BY_HOP
 
 
+# Never relayed as the backend sent them: hop-by-hop, framing (restated for the client) and
+# the request id (ours replaces it).
+_NOT_RELAYED = HOP_BY_HOP | {"content-length", "x-request-id"}
+_CONNECTION_OPTIONS = frozenset({"keep-alive", "close"})
+
+
 @dataclass
 class AnswerHead:
     """A backend answer's status line and headers, with how its body is framed."""
 
     status: int
     reason: str
-    headers: list[tuple[str, str]]
+    relayed: list[str]  # "Name: value" lines a client may see, as the backend wrote them
     length: int  # body bytes due; -1 when chunked or delimited by close
     chunked: bool
     keep_alive: bool
@@ -27,23 +33,19 @@ class AnswerHead:
     def has_body(self) -> bool:
         return self.status >= 200 and self.status not in (204, 304)
 
-    def relayed_headers(self) -> list[tuple[str, str]]:
-        """The headers a client may see: hop-by-hop ones (and any the answer names in
-        ``Connection``) dropped; framing is restated by whoever writes the client's head."""
-        named = {token.strip().lower() for name, value in self.headers if name.lower() == "connection"
-                 for token in value.split(",")}
-        drop = HOP_BY_HOP | named | {"content-length"}
-        return [(name, value) for name, value in self.headers if name.lower() not in drop]
-
 
 def parse_answer_head(head: bytes) -> AnswerHead:
-    """The head of an answer (without the blank line); raises ValueError when malformed."""
+    """The head of an answer (without the blank line); raises ValueError when malformed.
+
+    The lines a client may see are picked out in the same pass: hop-by-hop headers, and any
+    the answer names in ``Connection``, never cross."""
     lines = head.decode("latin-1").split("\r\n")
     version, _, rest = lines[0].partition(" ")
     code, _, reason = rest.partition(" ")
     if not version.startswith("HTTP/1.") or len(code) != 3:
         raise ValueError(f"not an HTTP/1.x status line: {lines[0][:80]!r}")
-    headers: list[tuple[str, str]] = []
+    relayed: list[tuple[str, str]] = []
+    named: set[str] = set()
     length, chunked, coding = -1, False, ""
     keep_alive = version == "HTTP/1.1"
     for line in lines[1:]:
@@ -51,22 +53,25 @@ def parse_answer_head(head: bytes) -> AnswerHead:
         if not sep:
             raise ValueError(f"malformed header line: {line[:80]!r}")
         value = value.strip()
-        headers.append((name, value))
         low = name.lower()
-        if low == "content-length":
+        if low not in _NOT_RELAYED:
+            relayed.append((low, f"{name}: {value}"))
+        elif low == "content-length":
             length = int(value)
         elif low == "transfer-encoding":
             coding = value
             chunked = value.lower().endswith("chunked")
         elif low == "connection":
-            tokens = value.lower()
+            tokens = {token.strip() for token in value.lower().split(",")}
             keep_alive = "close" not in tokens and (keep_alive or "keep-alive" in tokens)
+            named |= tokens - _CONNECTION_OPTIONS
     status = int(code)
     if chunked:
         length = -1
     elif length < 0:
         keep_alive = False  # the body ends when the backend closes
-    return AnswerHead(status, reason, headers, length, chunked, keep_alive, coding)
+    lines_out = [text for low, text in relayed if low not in named] if named else [text for _, text in relayed]
+    return AnswerHead(status, reason, lines_out, length, chunked, keep_alive, coding)
 
 
 class ChunkedScanner:
@@ -129,9 +134,7 @@ def request_bytes(method: str, target: str, host: str, headers: Iterable[tuple[s
 def client_head(answer: AnswerHead, request_id: str, keep_alive: bool) -> tuple[bytes, bool]:
     """The head the client gets for ``answer`` (framing as the backend's, so its bytes pass on
     unchanged) and whether the connection stays open after it."""
-    lines = [f"HTTP/1.1 {answer.status} {answer.reason}"]
-    lines += [f"{name}: {value}" for name, value in answer.relayed_headers() if name.lower() != "x-request-id"]
-    lines.append(f"X-Request-Id: {request_id}")
+    lines = [f"HTTP/1.1 {answer.status} {answer.reason}", *answer.relayed, f"X-Request-Id: {request_id}"]
     if answer.has_body:
         if answer.chunked:
             lines.append(f"Transfer-Encoding: {answer.transfer_encoding}")
