@@ -111,6 +111,9 @@ class UpstreamConnection(asyncio.Protocol):
             self._relay(pending[0] if len(pending) == 1 else b"".join(pending), client_head)
         else:
             sink.write(client_head)
+            if self._remaining == 0 and self._scanner is None:
+                self._finish()  # Content-Length: 0, nothing more will come
+                return done
         if self.closed and self._sink is not None:
             self._closed_during_answer(None)
         return done

@@ -1,0 +1,135 @@
+"""The upstream connection's state machine (io/wire.py) driven by hand: bytes in through
+``data_received``, a recording transport on each side; no sockets, no timing."""
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from llama_balancer.core.errors import UpstreamError
+from llama_balancer.io.wire import UpstreamConnection, WirePool
+from llama_balancer.state.exchange import Exchange
+
+
+class Recorder(asyncio.Transport):
+    """A transport that keeps what is written and whether it was closed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.written = bytearray()
+        self.closed = False
+        self.paused = False
+
+    def write(self, data: bytes) -> None:
+        self.written += data
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def abort(self) -> None:
+        self.closed = True
+
+    def pause_reading(self) -> None:
+        self.paused = True
+
+    def resume_reading(self) -> None:
+        self.paused = False
+
+
+def connection() -> tuple[WirePool, UpstreamConnection, Recorder]:
+    pool = WirePool(connect_timeout_s=1, idle_timeout_s=None)
+    conn = UpstreamConnection(pool, ("127.0.0.1", 1, False))
+    upstream = Recorder()
+    conn.connection_made(upstream)
+    return pool, conn, upstream
+
+
+def exchange() -> Exchange:
+    return Exchange(request_id="r", endpoint="/v1/x", endpoint_label="/v1/x", started=0.0, ip="127.0.0.1")
+
+
+async def test_an_empty_answer_ends_at_once_and_the_connection_is_pooled():
+    pool, conn, upstream = connection()
+    head = conn.start(b"POST / HTTP/1.1\r\n\r\n", "backend", None)
+    assert upstream.written == b"POST / HTTP/1.1\r\n\r\n"
+    conn.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+    assert (await head).length == 0
+    client = Recorder()
+    done = conn.relay(client, b"HEAD\r\n\r\n", exchange())
+    assert done.done() and done.result() is None
+    assert client.written == b"HEAD\r\n\r\n"
+    assert pool.idle_connections == 1
+
+
+async def test_a_chunked_answer_split_anyhow_is_relayed_byte_for_byte_and_ends_on_its_last_chunk():
+    pool, conn, _ = connection()
+    head = conn.start(b"req", "backend", None)
+    wire = b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
+    conn.data_received(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + wire[:4])
+    await head
+    client, ex = Recorder(), exchange()
+    done = conn.relay(client, b"H|", ex)
+    for cut in range(4, len(wire), 3):
+        assert not done.done()
+        conn.data_received(wire[cut:cut + 3])
+    await done
+    assert bytes(client.written) == b"H|" + wire
+    assert b"".join(ex.tail) == b"hello world" and ex.first_byte is not None
+    assert pool.idle_connections == 1
+
+
+async def test_a_body_delimited_by_close_ends_with_the_connection():
+    pool, conn, _ = connection()
+    head = conn.start(b"req", "backend", None)
+    conn.data_received(b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\npart one, ")
+    await head
+    client = Recorder()
+    done = conn.relay(client, b"H|", exchange())
+    conn.data_received(b"part two")
+    assert not done.done()
+    conn.connection_lost(None)
+    await done
+    assert client.written == b"H|part one, part two"
+    assert pool.idle_connections == 0
+
+
+async def test_a_reset_mid_body_fails_the_exchange_and_the_connection_is_not_reused():
+    pool, conn, _ = connection()
+    head = conn.start(b"req", "backend", None)
+    conn.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly this")
+    await head
+    done = conn.relay(Recorder(), b"H|", exchange())
+    conn.connection_lost(ConnectionResetError("reset"))
+    with pytest.raises(UpstreamError) as failure:
+        await done
+    assert failure.value.kind == "reset"
+    assert pool.idle_connections == 0
+
+
+async def test_bytes_past_the_declared_length_are_not_relayed_and_the_connection_is_not_reused():
+    pool, conn, upstream = connection()
+    head = conn.start(b"req", "backend", None)
+    conn.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokEXTRA")
+    await head
+    client = Recorder()
+    await conn.relay(client, b"H|", exchange())
+    assert client.written == b"H|ok"
+    assert pool.idle_connections == 0 and upstream.closed
+
+
+async def test_a_connection_paused_for_a_slow_client_is_resumed_before_it_is_pooled():
+    pool, conn, upstream = connection()
+    head = conn.start(b"req", "backend", None)
+    conn.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\n")
+    await head
+    client = Recorder()
+    done = conn.relay(client, b"H|", exchange())
+    assert conn.relaying_to(client)
+    conn.pause_reading()
+    assert upstream.paused
+    conn.data_received(b"done")  # the last bytes arrived with the push-back on
+    await done
+    assert not upstream.paused and pool.idle_connections == 1 and not conn.relaying_to(client)
