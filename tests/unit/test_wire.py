@@ -133,3 +133,15 @@ async def test_a_connection_paused_for_a_slow_client_is_resumed_before_it_is_poo
     conn.data_received(b"done")  # the last bytes arrived with the push-back on
     await done
     assert not upstream.paused and pool.idle_connections == 1 and not conn.relaying_to(client)
+
+
+async def test_an_answer_that_fails_between_its_head_and_the_relay_fails_the_relay():
+    pool, conn, _ = connection()
+    head = conn.start(b"req", "backend", None)
+    conn.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n")
+    await head
+    conn._check_idle(0.0)  # the idle timeout fires before the front began relaying
+    with pytest.raises(UpstreamError) as failure:
+        await conn.relay(Recorder(), b"H|", exchange())
+    assert failure.value.kind == "timeout"
+    assert pool.idle_connections == 0

@@ -49,6 +49,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._idle_timer: asyncio.TimerHandle | None = None
         self._where = ""
         self._paused = False
+        self._failed: UpstreamError | None = None
 
     # -- asyncio.Protocol
 
@@ -83,6 +84,7 @@ class UpstreamConnection(asyncio.Protocol):
         """Send ``request``; the future gives the answer's head."""
         loop = asyncio.get_running_loop()
         self._where = where
+        self._failed = None
         self._head = loop.create_future()
         self._got_bytes = False
         if idle_timeout_s is not None:
@@ -96,8 +98,11 @@ class UpstreamConnection(asyncio.Protocol):
         """Write ``client_head`` then the body to ``sink`` as it arrives; the future ends with
         the answer (at once when it is already complete) or fails with UpstreamError."""
         answer = self._answer
-        assert answer is not None
-        done = self._done = asyncio.get_running_loop().create_future()
+        done = asyncio.get_running_loop().create_future()
+        if answer is None:  # it failed (timed out) between its head and now
+            done.set_exception(self._failed or UpstreamError(f"{self._where} failed", kind="reset"))
+            return done
+        self._done = done
         self._exchange = exchange
         self._sink = sink
         if not answer.has_body:
@@ -240,6 +245,7 @@ class UpstreamConnection(asyncio.Protocol):
     def _fail(self, error: UpstreamError) -> None:
         self._stop_idle_timer()
         head, done = self._head, self._done
+        self._failed = error  # for relay(), when the head was out but relaying had not begun
         self._reset()
         if self.transport is not None and not self.closed:
             self.transport.abort()
@@ -340,7 +346,7 @@ class WirePool:
             conn = idle.pop()
             if not now:
                 now = time.monotonic()
-            if conn.closed:
+            if conn.closed or conn.transport is None or conn.transport.is_closing():
                 continue
             if now - conn.idle_since > self.keepalive_s:
                 conn.abort()
