@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from email.utils import formatdate
 from http import HTTPStatus
 from typing import Callable
 from urllib.parse import urlsplit
@@ -275,8 +276,8 @@ class FrontConnection(asyncio.Protocol):
             transport.abort()
             return
         body = orjson.dumps(exc.body())
-        lines = [f"HTTP/1.1 {exc.status} {_phrase(exc.status)}", "Content-Type: application/json",
-                 f"Content-Length: {len(body)}", f"X-Request-Id: {request_id}"]
+        lines = [f"HTTP/1.1 {exc.status} {_phrase(exc.status)}", f"Date: {formatdate(usegmt=True)}",
+                 "Content-Type: application/json", f"Content-Length: {len(body)}", f"X-Request-Id: {request_id}"]
         lines += [f"{name}: {value}" for name, value in exc.headers.items()]
         if not self.keep_alive or self.front.closing:
             lines.append("Connection: close")
