@@ -24,7 +24,7 @@ from .io.gpu import GpuMonitor, GpuSampler, detect_sampler
 from .io.observability import AccessLog, Metrics, QuietProtocolErrors, queue_gauges
 from .io.pollers import Pollers
 from .io.upstream import UpstreamClient
-from .io.wire import WirePool
+from .io.wire_pool import WirePool
 from .state.access_stats import AccessStats
 from .state.affinity import AffinityStore
 from .state.queue import WaitQueue

@@ -7,7 +7,8 @@ import asyncio
 import pytest
 
 from llama_balancer.core.errors import UpstreamError
-from llama_balancer.io.wire import UpstreamConnection, WirePool
+from llama_balancer.io.wire import UpstreamConnection
+from llama_balancer.io.wire_pool import WirePool
 from llama_balancer.state.exchange import Exchange
 
 

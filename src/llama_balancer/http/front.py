@@ -26,7 +26,8 @@ from ..core.auth import bearer_token
 from ..core.config import ServerConfig
 from ..core.errors import BalancerError, PayloadTooLarge
 from ..io.http1 import client_head, request_bytes
-from ..io.wire import UpstreamConnection, WirePool
+from ..io.wire import UpstreamConnection
+from ..io.wire_pool import WirePool
 from ..state.exchange import Exchange
 from .context import AppContext
 from .guards import auth_refusal, request_id_from

@@ -1,5 +1,5 @@
-"""Upstream HTTP/1.1 at the protocol level: a keep-alive pool of connections to backends,
-each relaying an answer's body bytes straight to the client's transport as they arrive.
+"""Upstream HTTP/1.1 at the protocol level: one connection to a backend (pooled by
+``wire_pool.WirePool``), relaying an answer's body bytes straight to the client's transport.
 
 Why not aiohttp's client here: for every answer it builds response objects and header
 multidicts, and every chunk of a stream wakes a task through a ``StreamReader``. Here the
@@ -14,14 +14,16 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import deque
+from typing import TYPE_CHECKING
 
 from ..core.errors import UpstreamError, UpstreamTimeout
 from ..core.usage import TAIL_BYTES
 from ..state.exchange import Exchange
 from .http1 import AnswerHead, ChunkedScanner, parse_answer_head
 
-KEEPALIVE_S = 30.0  # an idle pooled connection older than this is closed, not reused
+if TYPE_CHECKING:
+    from .wire_pool import WirePool
+
 MAX_HEAD_BYTES = 65536
 
 
@@ -286,138 +288,3 @@ class UpstreamConnection(asyncio.Protocol):
         """A reused connection that failed before any byte came back was most likely closed
         by the backend while idle (a keep-alive race): the request never reached it."""
         return self.reused > 0 and not self._got_bytes
-
-
-class WirePool:
-    """Keep-alive connections per backend address, bounded in all by ``limit`` (0: unbounded)."""
-
-    def __init__(self, connect_timeout_s: float, idle_timeout_s: float | None, limit: int = 0,
-                 keepalive_s: float = KEEPALIVE_S) -> None:
-        self.connect_timeout_s = connect_timeout_s
-        self.idle_timeout_s = idle_timeout_s
-        self.limit = limit
-        self.keepalive_s = keepalive_s
-        self._idle: dict[tuple[str, int, bool], list[UpstreamConnection]] = {}
-        self._names: dict[tuple[str, int, bool], str] = {}
-        self._open = 0
-        self._waiters: deque[asyncio.Future[None]] = deque()
-
-    @property
-    def open_connections(self) -> int:
-        """Connections open or being opened, idle in the pool or carrying an exchange."""
-        return self._open
-
-    @property
-    def idle_connections(self) -> int:
-        """Connections waiting in the pool for their next exchange."""
-        return sum(len(idle) for idle in self._idle.values())
-
-    def server_of(self, key: tuple[str, int, bool]) -> str | None:
-        return self._names.get(key)
-
-    async def exchange(self, host: str, port: int, tls: bool, request: bytes, server: str,
-                       where: str) -> tuple[UpstreamConnection, AnswerHead]:
-        """Send ``request`` on a pooled (else new) connection; returns it with the answer's head.
-        A reused connection that dies before answering is replaced by a fresh one once."""
-        key = (host, port, tls)
-        self._names[key] = server
-        conn = self._pooled(key)
-        if conn is None:
-            conn = await self._connect(key, where)
-        try:
-            return conn, await conn.start(request, where, self.idle_timeout_s)
-        except UpstreamError as exc:
-            if exc.kind != "reset" or not conn.fresh_failure_possible:
-                raise
-        except BaseException:
-            conn.abort()
-            raise
-        conn = await self._connect(key, where)
-        try:
-            return conn, await conn.start(request, where, self.idle_timeout_s)
-        except BaseException:
-            conn.abort()
-            raise
-
-    def _pooled(self, key: tuple[str, int, bool]) -> UpstreamConnection | None:
-        idle = self._idle.get(key)
-        now = 0.0
-        while idle:
-            conn = idle.pop()
-            if not now:
-                now = time.monotonic()
-            if conn.closed or conn.transport is None or conn.transport.is_closing():
-                continue
-            if now - conn.idle_since > self.keepalive_s:
-                conn.abort()
-                continue
-            return conn
-        return None
-
-    async def _connect(self, key: tuple[str, int, bool], where: str) -> UpstreamConnection:
-        while self.limit and self._open >= self.limit:
-            self._close_one_idle()  # its close frees a place: wait for that, as for any
-            waiter = asyncio.get_running_loop().create_future()
-            self._waiters.append(waiter)
-            try:
-                await waiter
-            finally:
-                if waiter in self._waiters:
-                    self._waiters.remove(waiter)
-            pooled = self._pooled(key)
-            if pooled is not None:
-                return pooled
-        loop = asyncio.get_running_loop()
-        self._open += 1
-        try:
-            async with asyncio.timeout(self.connect_timeout_s):
-                _, conn = await loop.create_connection(lambda: UpstreamConnection(self, key), key[0], key[1],
-                                                       ssl=True if key[2] else None)
-        except TimeoutError:
-            self._released()
-            raise UpstreamTimeout(f"{where} timed out connecting", kind="timeout", server=self._names.get(key)) from None
-        except OSError as exc:
-            self._released()
-            raise UpstreamError(f"{where} is unreachable: {exc.strerror or exc}", kind="connect",
-                                server=self._names.get(key)) from None
-        except BaseException:
-            self._released()
-            raise
-        return conn  # type: ignore[return-value]
-
-    def put_back(self, conn: UpstreamConnection) -> None:
-        conn.idle_since = time.monotonic()
-        self._idle.setdefault(conn.key, []).append(conn)
-        self._wake_one()
-
-    def forget(self, conn: UpstreamConnection) -> None:
-        """A connection closed: it leaves the pool and frees a place under the limit."""
-        idle = self._idle.get(conn.key)
-        if idle and conn in idle:
-            idle.remove(conn)
-        self._released()
-
-    def _released(self) -> None:
-        self._open -= 1
-        self._wake_one()
-
-    def _wake_one(self) -> None:
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
-                return
-
-    def _close_one_idle(self) -> None:
-        for idle in self._idle.values():
-            while idle:
-                conn = idle.pop()
-                if not conn.closed:
-                    conn.abort()  # its connection_lost frees the place
-                    return
-
-    def close(self) -> None:
-        for idle in self._idle.values():
-            for conn in idle:
-                conn.abort()
-        self._idle.clear()
