@@ -48,6 +48,15 @@ def connection() -> tuple[WirePool, UpstreamConnection, Recorder]:
     return pool, conn, upstream
 
 
+async def answered(first_read: bytes) -> tuple[WirePool, UpstreamConnection, Recorder]:
+    """A connection that sent a request and read ``first_read`` (a head, maybe some body)."""
+    pool, conn, upstream = connection()
+    head = conn.start(b"req", "backend", None)
+    conn.data_received(first_read)
+    await head
+    return pool, conn, upstream
+
+
 def exchange() -> Exchange:
     return Exchange(request_id="r", endpoint="/v1/x", endpoint_label="/v1/x", started=0.0, ip="127.0.0.1")
 
@@ -83,10 +92,7 @@ async def test_a_chunked_answer_split_anyhow_is_relayed_byte_for_byte_and_ends_o
 
 
 async def test_a_body_delimited_by_close_ends_with_the_connection():
-    pool, conn, _ = connection()
-    head = conn.start(b"req", "backend", None)
-    conn.data_received(b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\npart one, ")
-    await head
+    pool, conn, _ = await answered(b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\npart one, ")
     client = Recorder()
     done = conn.relay(client, b"H|", exchange())
     conn.data_received(b"part two")
@@ -98,10 +104,7 @@ async def test_a_body_delimited_by_close_ends_with_the_connection():
 
 
 async def test_a_reset_mid_body_fails_the_exchange_and_the_connection_is_not_reused():
-    pool, conn, _ = connection()
-    head = conn.start(b"req", "backend", None)
-    conn.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly this")
-    await head
+    pool, conn, _ = await answered(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly this")
     done = conn.relay(Recorder(), b"H|", exchange())
     conn.connection_lost(ConnectionResetError("reset"))
     with pytest.raises(UpstreamError) as failure:
@@ -111,10 +114,7 @@ async def test_a_reset_mid_body_fails_the_exchange_and_the_connection_is_not_reu
 
 
 async def test_bytes_past_the_declared_length_are_not_relayed_and_the_connection_is_not_reused():
-    pool, conn, upstream = connection()
-    head = conn.start(b"req", "backend", None)
-    conn.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokEXTRA")
-    await head
+    pool, conn, upstream = await answered(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokEXTRA")
     client = Recorder()
     await conn.relay(client, b"H|", exchange())
     assert client.written == b"H|ok"
@@ -122,10 +122,7 @@ async def test_bytes_past_the_declared_length_are_not_relayed_and_the_connection
 
 
 async def test_a_connection_paused_for_a_slow_client_is_resumed_before_it_is_pooled():
-    pool, conn, upstream = connection()
-    head = conn.start(b"req", "backend", None)
-    conn.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\n")
-    await head
+    pool, conn, upstream = await answered(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\n")
     client = Recorder()
     done = conn.relay(client, b"H|", exchange())
     assert conn.relaying_to(client)
@@ -137,10 +134,7 @@ async def test_a_connection_paused_for_a_slow_client_is_resumed_before_it_is_poo
 
 
 async def test_an_answer_that_fails_between_its_head_and_the_relay_fails_the_relay():
-    pool, conn, _ = connection()
-    head = conn.start(b"req", "backend", None)
-    conn.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n")
-    await head
+    pool, conn, _ = await answered(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n")
     conn._check_idle(0.0)  # the idle timeout fires before the front began relaying
     with pytest.raises(UpstreamError) as failure:
         await conn.relay(Recorder(), b"H|", exchange())
