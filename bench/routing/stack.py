@@ -80,7 +80,7 @@ async def wait_ready(base: str, backends: list[str], timeout_s: float = READY_TI
             try:
                 async with session.get(base + "/llmhealth-snapshot") as resp:
                     snap = await resp.json(content_type=None)
-                seen = snap.get("backends", {})
+                seen = backends_by_name(snap)
                 last = {n: (seen.get(n, {}).get("status"), seen.get(n, {}).get("models")) for n in backends}
                 if all(seen.get(n, {}).get("last") and seen.get(n, {}).get("models") for n in backends):
                     return
@@ -88,6 +88,15 @@ async def wait_ready(base: str, backends: list[str], timeout_s: float = READY_TI
                 last = repr(exc)
             await asyncio.sleep(0.05)
     raise RuntimeError(f"balancer at {base} not ready after {timeout_s:g} s: {last}")
+
+
+def backends_by_name(snapshot: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """``/llmhealth-snapshot``'s backends by server name: a mapping, or a list of entries
+    that carry their ``name`` (the snapshot has had both shapes)."""
+    backends = snapshot.get("backends") or {}
+    if isinstance(backends, list):
+        return {str(b.get("name")): b for b in backends if isinstance(b, dict)}
+    return backends if isinstance(backends, dict) else {}
 
 
 # ----------------------------------------------------------------------------- the stack
