@@ -113,6 +113,9 @@ class BalancerOptions(BaseModel):
     upstream_idle_timeout_s: float | None = Field(None, gt=0)
     upstream_pool_size: int = Field(0, ge=0)  # 0 = unlimited connections per host
     client_idle_timeout_s: float = Field(75.0, gt=0)  # a client connection idle (or stuck mid-head) this long closes
+    # A request head, then its body, must arrive within this long of its first byte (408):
+    # the idle clock restarts at every byte, so it alone never closes a trickling client.
+    client_header_timeout_s: float = Field(60.0, gt=0)
     max_body_bytes: int = Field(32 * 1024 * 1024, gt=0)
     gpu_sample_interval_s: float = Field(1.0, gt=0)
     gpu_window_s: float = Field(5.0, gt=0)
