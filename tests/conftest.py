@@ -115,6 +115,11 @@ async def snapshot(http: aiohttp.ClientSession, runtime: Runtime) -> dict[str, A
         return await response.json()
 
 
+def backend_of(snap: dict[str, Any], name: str) -> dict[str, Any]:
+    """One server's entry of the snapshot's ``backends`` list (the old tool's shape)."""
+    return next(b for b in snap["backends"] if b["name"] == name)
+
+
 async def assert_nothing_in_flight(http: aiohttp.ClientSession, runtime: Runtime) -> None:
     """Every in-flight count is back to zero, as /llmhealth-snapshot reports it, no client
     connection of the native front is still serving a request, and every open backend
@@ -122,6 +127,6 @@ async def assert_nothing_in_flight(http: aiohttp.ClientSession, runtime: Runtime
     async def clear() -> bool:
         snap = await snapshot(http, runtime)
         return snap["inflight_total"] == 0 and all(
-            b["total_inflight"] == 0 and not b["model_inflight"] for b in snap["backends"].values()
+            b["total_inflight"] == 0 and not b["model_inflight"] for b in snap["backends"]
         ) and _front_at_rest(runtime)
     await wait_until(clear, timeout=2.0)

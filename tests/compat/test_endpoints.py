@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import server_entry, snapshot
+from tests.conftest import server_entry, snapshot, wait_until
 
 MODEL = "llama-3.1-8b"
 
@@ -32,19 +32,28 @@ async def test_snapshot_has_every_key_of_the_old_tool(cluster, http):
     async with http.post(runtime.url + "/v1/chat/completions",
                          json={"model": MODEL, "messages": [{"role": "user", "content": "x"}]}) as response:
         assert response.status == 200
+    # The health window holds a busy sample while the request ran; the shapes are the point.
+    await wait_until(lambda: runtime.context.registry.state("PC1").status == "idle")
     snap = await snapshot(http, runtime)
     assert {"local", "backends", "servers", "models", "sticky_count", "sticky", "now"} <= set(snap)
     assert set(snap["local"]) >= {"status", "gpu_util_max5s", "window_seconds"}
-    backend = snap["backends"]["PC1"]
+    assert isinstance(snap["backends"], list) and [b["name"] for b in snap["backends"]] == ["PC1", "PC2"]
+    backend = snap["backends"][0]
     assert {"base", "status", "last", "total_inflight", "model_inflight", "request_max"} <= set(backend)
     assert backend["base"] == pc1.url and backend["request_max"] == 3 and backend["status"] == "idle"
+    assert backend["total_inflight"] == 0 and backend["model_inflight"] == {}
+    assert snap["backends"][1]["request_max"] is None
     assert set(backend["last"]) >= {"status", "gpu_util_max5s", "updated_at", "url"}
     assert backend["last"]["updated_at"].endswith("Z") and backend["last"]["url"] == pc1.url + "/llmhealth"
+    assert backend["last"]["gpu_util_max5s"] == 0.0  # the sim's agent answer, as the old tool kept it
     assert snap["servers"]["PC1"] == {"health_base": pc1.url, "model_base": pc1.url, "request_max": 3}
     assert "request_max" not in snap["servers"]["PC2"]
     assert snap["models"] == {"llama.*": ["PC1", "PC2"], "qwen.*": ["PC2"]}
     assert snap["sticky_count"] == 1
-    assert set(snap["sticky"][0]) >= {"key", "ip", "model", "backend", "updated_at"}
+    entry = snap["sticky"][0]
+    assert set(entry) >= {"key", "ip", "model", "backend", "updated_at"}
+    assert (entry["key"], entry["ip"], entry["model"]) == (f"127.0.0.1|{MODEL}", "127.0.0.1", MODEL)
+    assert entry["backend"] == "PC1" and entry["updated_at"].endswith("Z")
     assert snap["now"].endswith("Z")
 
 
@@ -67,12 +76,17 @@ async def test_access_log_stats_counts_the_last_hour_by_ip_model_and_user(cluste
             assert response.status == 200
     async with http.get(runtime.url + "/access-log-stats") as response:
         stats = await response.json()
-    assert stats["total"] == 3
-    assert (stats["unique_ips"], stats["unique_models"], stats["unique_users"]) == (1, 2, 2)
-    assert stats["by_model"] == {MODEL: 2, "qwen2.5-7b": 1}
-    assert stats["by_user"] == {"alice": 2, "bob": 1}
-    assert stats["by_ip"] == {"127.0.0.1": 3}
-    assert len(stats["per_minute"]) == 60 and stats["per_minute"][-1]["count"] == 3
+    assert stats["total_requests"] == 3
+    assert (stats["unique_ips"], stats["unique_models"], stats["unique_usernames"]) == (1, 2, 2)
+    assert stats["model_counts"] == {MODEL: 2, "qwen2.5-7b": 1}
+    assert stats["username_counts"] == {"alice": 2, "bob": 1}
+    assert stats["ip_counts"] == {"127.0.0.1": 3}
+    # {minute as ISO-8601: count}, only minutes with requests (all three fell in one or two).
+    assert sum(stats["time_series"].values()) == 3
+    assert all(minute.endswith(":00Z") for minute in stats["time_series"])
+    assert stats["retention_hours"] == 1
+    assert stats["oldest_log"].endswith("Z") and stats["newest_log"] >= stats["oldest_log"]
+    assert len(stats["per_minute"]) == 60 and sum(m["count"] for m in stats["per_minute"][-2:]) == 3
 
 
 async def test_models_is_the_sorted_union_minus_instance_variants(cluster, http):

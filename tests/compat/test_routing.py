@@ -5,7 +5,7 @@ import asyncio
 
 import pytest
 
-from tests.conftest import assert_nothing_in_flight, server_entry, snapshot, wait_until
+from tests.conftest import assert_nothing_in_flight, backend_of, server_entry, snapshot, wait_until
 
 MODEL = "llama-3.1-8b"
 
@@ -121,7 +121,7 @@ async def test_sticky_identity_returns_to_its_server_and_instance_while_others_a
     _, _, instance, _ = await post_chat(http, runtime, chat(user="alice"))
     assert instance == MODEL + "-2"
     snap = await snapshot(http, runtime)
-    alice = [entry for entry in snap["sticky"] if entry["key"] == "alice"]
+    alice = [entry for entry in snap["sticky"] if entry["key"] == f"alice|{MODEL}"]
     assert alice and alice[0]["model"] == MODEL and alice[0]["backend"] == "PC1"
     assert snap["sticky_count"] == len(snap["sticky"]) == 2
 
@@ -132,7 +132,7 @@ async def test_binding_a_new_identity_to_an_instance_drops_the_old_binding(sims,
     await post_chat(http, runtime, chat(user="alice"))
     await post_chat(http, runtime, chat(user="carol"))
     keys = [entry["key"] for entry in (await snapshot(http, runtime))["sticky"]]
-    assert keys == ["carol"]
+    assert keys == [f"carol|{MODEL}"]
 
 
 async def test_the_client_ip_is_the_identity_without_a_user_name(sims, balancer, http):
@@ -142,14 +142,14 @@ async def test_the_client_ip_is_the_identity_without_a_user_name(sims, balancer,
                               "balancer": {"trusted_proxies": ["127.0.0.1"]}})
     await post_chat(http, runtime, chat(), **{"X-Forwarded-For": "10.1.2.3"})
     entries = (await snapshot(http, runtime))["sticky"]
-    assert [(e["key"], e["ip"]) for e in entries] == [("10.1.2.3", "10.1.2.3")]
+    assert [(e["key"], e["ip"]) for e in entries] == [(f"10.1.2.3|{MODEL}", "10.1.2.3")]
 
 
 async def test_forwarded_for_from_an_untrusted_peer_cannot_take_another_identity(two_servers, http):
     _, _, runtime = two_servers
     await post_chat(http, runtime, chat(), **{"X-Forwarded-For": "10.1.2.3"})
     entries = (await snapshot(http, runtime))["sticky"]
-    assert [(e["key"], e["ip"]) for e in entries] == [("127.0.0.1", "127.0.0.1")]
+    assert [(e["key"], e["ip"]) for e in entries] == [(f"127.0.0.1|{MODEL}", "127.0.0.1")]
 
 
 async def test_sticky_binding_is_not_used_once_its_server_turns_invalid(two_servers, http):
@@ -191,7 +191,7 @@ async def test_a_stream_counts_in_flight_until_its_body_ends(two_servers, http):
     async with http.post(runtime.url + "/v1/chat/completions", json=chat(max_tokens=200, stream=True)) as response:
         await response.content.readline()
         snap = await snapshot(http, runtime)
-        assert snap["backends"]["PC1"]["model_inflight"] == {MODEL: 1}
-        assert snap["backends"]["PC1"]["total_inflight"] == 1
+        assert backend_of(snap, "PC1")["model_inflight"] == {MODEL: 1}
+        assert backend_of(snap, "PC1")["total_inflight"] == 1
         await response.read()
     await assert_nothing_in_flight(http, runtime)

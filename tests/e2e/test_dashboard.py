@@ -142,15 +142,15 @@ async def test_requests_appear_without_a_reload(sims, balancer, dashboard):
 
 SNAPSHOT = {
     "local": {"status": "busy", "gpu_util_max5s": 73.5, "window_seconds": 5, "sampler": "nvml"},
-    "backends": {
-        "GPU1": {"base": "http://gpu1:8081", "status": "busy", "total_inflight": 3, "request_max": 4,
-                 "model_inflight": {"m": 2, "m-2": 1}, "models": ["m", "m-2"],
-                 "last": {"status": "busy", "gpu_util_max5s": 88.0, "updated_at": "2024-05-01T10:00:00Z"},
-                 "slots_busy": 3, "slots_total": 4, "queue": 2, "suspect": True, "kind": "llama.cpp", "load": 5},
-        "GPU2": {"base": "http://gpu2:8081", "status": "invalid", "total_inflight": 0, "request_max": None,
-                 "model_inflight": {}, "models": None,
-                 "last": {"status": "invalid", "updated_at": "2024-05-01T10:00:00Z", "detail": "connect refused"}},
-    },
+    "backends": [
+        {"name": "GPU1", "base": "http://gpu1:8081", "status": "busy", "total_inflight": 3, "request_max": 4,
+         "model_inflight": {"m": 2, "m-2": 1}, "models": ["m", "m-2"],
+         "last": {"status": "busy", "gpu_util_max5s": 88.0, "updated_at": "2024-05-01T10:00:00Z"},
+         "slots_busy": 3, "slots_total": 4, "queue": 2, "suspect": True, "kind": "llama.cpp", "load": 5},
+        {"name": "GPU2", "base": "http://gpu2:8081", "status": "invalid", "total_inflight": 0, "request_max": None,
+         "model_inflight": {}, "models": None,
+         "last": {"status": "invalid", "updated_at": "2024-05-01T10:00:00Z", "detail": "connect refused"}},
+    ],
     "servers": {}, "models": {"m.*": ["GPU1", "GPU2"]}, "fallback_server": "GPU1",
     "sticky_count": 0, "sticky": [], "inflight_total": 3,
     "queue": {"length": 2, "max": 64, "waiting_by_model": {"m": 2}, "oldest_wait_s": 1.25},
@@ -166,8 +166,9 @@ def _stats() -> dict[str, Any]:
     recent = [{"at": "2024-05-01T09:59:00Z", "ip": "10.0.0.1", "user": None, "model": "m", "server": "GPU1",
                "instance": "m-2", "reason": "sticky", "status": 503, "ttft_ms": 250.0, "duration_ms": 1500.0,
                "completion_tokens": 17, "queue_wait_ms": 40.0, "request_id": "req-1"}]
-    return {"window_seconds": 3600, "total": 60, "unique_ips": 1, "unique_models": 1, "unique_users": 0,
-            "by_ip": {"10.0.0.1": 60}, "by_model": {"m": 60}, "by_user": {}, "by_server": {"GPU1": 60},
+    return {"window_seconds": 3600, "total_requests": 60, "unique_ips": 1, "unique_models": 1,
+            "unique_usernames": 0, "ip_counts": {"10.0.0.1": 60}, "model_counts": {"m": 60},
+            "username_counts": {}, "by_server": {"GPU1": 60},
             "per_minute": minutes, "recent": recent}
 
 

@@ -39,8 +39,8 @@ def test_the_demo_serves_the_openai_api_and_the_dashboard_and_stops_on_ctrl_c():
         assert answer.model == "gpt-oss:20b" and answer.usage.completion_tokens == 3
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/llmhealth-snapshot") as reply:
             snap = json.load(reply)
-        assert sorted(snap["backends"]) == ["PC1", "PC2", "PC3"]
-        assert {b["kind"] for b in snap["backends"].values()} == {"llama.cpp", "agent"}  # auto -> llama.cpp
+        assert [b["name"] for b in snap["backends"]] == ["PC1", "PC2", "PC3"]
+        assert {b["kind"] for b in snap["backends"]} == {"llama.cpp", "agent"}  # auto -> llama.cpp
     finally:
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=15) == 0

@@ -103,7 +103,7 @@ async def started(http, port: int, process) -> str:
         try:
             async with http.get(url + "/llmhealth-snapshot") as response:
                 snap = await response.json()
-                return all(b["models"] for b in snap["backends"].values())
+                return all(b["models"] for b in snap["backends"])
         except aiohttp.ClientError:
             return False
     await wait_until(up, timeout=15)

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from tests.conftest import server_entry, snapshot, wait_until
+from tests.conftest import backend_of, server_entry, snapshot, wait_until
 
 MODEL = "m"
 
@@ -22,7 +22,7 @@ async def start(sims, balancer, kind: str, **sim_kwargs):
 async def test_a_llama_server_is_read_from_its_own_endpoints_without_an_agent(sims, balancer, http, kind):
     # health-port 1 answers nothing: only the native endpoints can make this backend healthy.
     _, runtime = await start(sims, balancer, kind)
-    backend = (await snapshot(http, runtime))["backends"]["PC1"]
+    backend = backend_of(await snapshot(http, runtime), "PC1")
     assert backend["kind"] == "llama.cpp"
     assert backend["status"] == "idle"
     assert (backend["slots_total"], backend["slots_busy"]) == (3, 0)
@@ -36,7 +36,7 @@ async def test_work_in_progress_shows_as_busy_slots_and_a_busy_backend(sims, bal
         await response.content.readline()
 
         async def busy() -> bool:
-            backend = (await snapshot(http, runtime))["backends"]["PC1"]
+            backend = backend_of(await snapshot(http, runtime), "PC1")
             return backend["slots_busy"] == 1 and backend["status"] == "busy" and backend["polled_running"] == 1
         await wait_until(busy)
         await response.read()
@@ -51,7 +51,7 @@ async def test_a_llama_server_down_is_invalid(sims, balancer, http):
 
 async def test_an_openai_kind_backend_is_judged_by_its_model_list(sims, balancer, http):
     sim, runtime = await start(sims, balancer, "openai")
-    backend = (await snapshot(http, runtime))["backends"]["PC1"]
+    backend = backend_of(await snapshot(http, runtime), "PC1")
     assert (backend["kind"], backend["status"], backend["slots_total"]) == ("openai", "idle", None)
     await sim.set_fault("refuse")
     await wait_until(lambda: runtime.context.registry.state("PC1").status == "invalid")

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from tests.conftest import server_entry, snapshot, wait_until
+from tests.conftest import backend_of, server_entry, snapshot, wait_until
 
 MODEL = "m"
 SYSTEM_A = "You are a meticulous assistant for project Alpha. " * 60  # ~3000 chars
@@ -79,8 +79,10 @@ async def test_the_snapshot_shows_the_policy_the_queue_and_what_each_backend_hol
 async def test_an_overloaded_cache_holder_loses_to_a_free_backend(sims, balancer, http):
     b1 = await sims(name="B1", models=[MODEL], slots=8, fast=False, chunk_delay_s=0.05)
     b2 = await sims(name="B2", models=[MODEL], slots=8)
+    # Server-level placement: no slots known (an agent-only backend, as vLLM or Ollama would be).
     runtime = await balancer({
-        "servers": {"B1": server_entry(b1), "B2": server_entry(b2)}, "models": {MODEL: ["B1", "B2"]},
+        "servers": {"B1": server_entry(b1, kind="agent"), "B2": server_entry(b2, kind="agent")},
+        "models": {MODEL: ["B1", "B2"]},
         "balancer": {"trusted_proxies": ["127.0.0.1"]},
     })
     await send(http, runtime, chat(SYSTEM_A, ["warm up"], tokens=1), "10.0.0.1")
@@ -133,4 +135,4 @@ async def test_a_request_waits_briefly_for_the_busy_slot_holding_its_prompt(one_
     assert (recent["queue_wait_ms"] > 0) is waited
     assert runtime.context.registry.total_inflight() == 0 and len(runtime.context.queue) == 0
     # what the hold went by shows in the snapshot: ~0.2 s per request on a slot here
-    assert 0.1 < (await snapshot(http, runtime))["backends"]["B1"]["slot_occupancy_s"] < 2
+    assert 0.1 < backend_of(await snapshot(http, runtime), "B1")["slot_occupancy_s"] < 2

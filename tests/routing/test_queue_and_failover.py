@@ -6,7 +6,7 @@ import asyncio
 import aiohttp
 import pytest
 
-from tests.conftest import assert_nothing_in_flight, server_entry, snapshot, wait_until
+from tests.conftest import assert_nothing_in_flight, backend_of, server_entry, snapshot, wait_until
 
 MODEL = "m"
 CHAT = "/v1/chat/completions"
@@ -48,7 +48,7 @@ async def test_a_request_waits_in_the_queue_until_capacity_frees(one_slot, http)
     await wait_until(lambda: len(runtime.context.queue) == 1)
     snap = await snapshot(http, runtime)
     assert snap["queue"]["length"] == 1 and snap["queue"]["waiting_by_model"] == {MODEL: 1}
-    assert snap["backends"]["PC1"]["queue"] == 1
+    assert backend_of(snap, "PC1")["queue"] == 1
     async with http.get(runtime.url + "/metrics") as response:
         text = await response.text()
     assert 'llama_balancer_queued_requests_by_server{server="PC1"} 1.0' in text
@@ -156,8 +156,8 @@ async def test_repeated_failures_open_the_circuit(pair, http):
         runtime.context.registry.state("PC1").suspect = False  # as if a poll cleared it
         await post(http, runtime, body(user))
     snap = await snapshot(http, runtime)
-    assert snap["backends"]["PC1"]["circuit_open"] is True
-    assert snap["backends"]["PC1"]["health"] == "invalid"
+    assert backend_of(snap, "PC1")["circuit_open"] is True
+    assert backend_of(snap, "PC1")["health"] == "invalid"
     await post(http, runtime, body("c"))
     assert len(pc1.events) == 2
 

@@ -21,12 +21,15 @@ def record(stats: AccessStats, ip: str = "10.0.0.1", model: str = "m", user: str
 def test_an_empty_log_has_zero_totals_and_sixty_empty_minutes(stats):
     summary = stats.summary()
 
-    assert summary["total"] == 0
-    assert summary["unique_ips"] == summary["unique_models"] == summary["unique_users"] == 0
-    assert summary["by_ip"] == summary["by_model"] == summary["by_user"] == summary["by_server"] == {}
+    assert summary["total_requests"] == 0
+    assert summary["unique_ips"] == summary["unique_models"] == summary["unique_usernames"] == 0
+    assert summary["ip_counts"] == summary["model_counts"] == summary["username_counts"] == summary["by_server"] == {}
     assert summary["recent"] == []
     assert len(summary["per_minute"]) == 60
     assert all(bucket["count"] == 0 for bucket in summary["per_minute"])
+    assert summary["time_series"] == {}
+    assert summary["oldest_log"] is None and summary["newest_log"] is None
+    assert summary["retention_hours"] == 1.0
     assert summary["window_seconds"] == HOUR
     assert summary["now"] == "2026-11-27T09:00:00.000Z"
 
@@ -39,13 +42,13 @@ def test_totals_unique_counts_and_counters(stats):
 
     summary = stats.summary()
 
-    assert summary["total"] == 4
+    assert summary["total_requests"] == 4
     assert summary["unique_ips"] == 3
     assert summary["unique_models"] == 2
-    assert summary["unique_users"] == 2  # requests without a user name do not count
-    assert summary["by_ip"] == {"10.0.0.1": 2, "10.0.0.2": 1, "10.0.0.3": 1}
-    assert summary["by_model"] == {"a": 3, "b": 1}
-    assert summary["by_user"] == {"alice": 2, "bob": 1}
+    assert summary["unique_usernames"] == 2  # requests without a user name do not count
+    assert summary["ip_counts"] == {"10.0.0.1": 2, "10.0.0.2": 1, "10.0.0.3": 1}
+    assert summary["model_counts"] == {"a": 3, "b": 1}
+    assert summary["username_counts"] == {"alice": 2, "bob": 1}
     assert summary["by_server"] == {"PC1": 3, "PC2": 1}
 
 
@@ -54,7 +57,7 @@ def test_counters_are_ordered_most_common_first(stats):
     for _ in range(3):
         record(stats, model="popular")
 
-    assert list(stats.summary()["by_model"]) == ["popular", "rare"]
+    assert list(stats.summary()["model_counts"]) == ["popular", "rare"]
 
 
 def test_per_minute_buckets_cover_the_last_hour_ending_at_the_current_minute(stats, clock):
@@ -79,14 +82,14 @@ def test_records_older_than_the_window_drop_out(stats, clock):
     clock.advance(HOUR - 60)
     record(stats, model="new")
 
-    assert stats.summary()["total"] == 2
+    assert stats.summary()["total_requests"] == 2
 
     clock.advance(60)  # the first record is now exactly an hour old
 
     summary = stats.summary()
-    assert summary["total"] == 1
-    assert summary["by_model"] == {"new": 1}
-    assert summary["by_user"] == {}
+    assert summary["total_requests"] == 1
+    assert summary["model_counts"] == {"new": 1}
+    assert summary["username_counts"] == {}
     assert sum(b["count"] for b in summary["per_minute"]) == 1
 
 
@@ -114,11 +117,11 @@ def test_window_length_is_configurable(clock):
     stats = AccessStats(120.0, clock)
     record(stats)
     clock.advance(119)
-    assert stats.summary()["total"] == 1
+    assert stats.summary()["total_requests"] == 1
 
     clock.advance(1)
     summary = stats.summary()
-    assert summary["total"] == 0
+    assert summary["total_requests"] == 0
     assert len(summary["per_minute"]) == 2
 
 
@@ -128,8 +131,8 @@ def test_the_log_is_bounded_by_max_records(clock):
         record(stats, model=model)
 
     summary = stats.summary()
-    assert summary["total"] == 3
-    assert set(summary["by_model"]) == {"b", "c", "d"}
+    assert summary["total_requests"] == 3
+    assert set(summary["model_counts"]) == {"b", "c", "d"}
 
 
 

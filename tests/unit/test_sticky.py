@@ -149,19 +149,21 @@ def test_entries_have_the_snapshot_shape(store, clock):
 
     assert store.entries() == [
         {
-            "key": "alice",
-            "ip": "10.0.0.5",
+            "key": f"alice|{M}",
+            "ip": "alice",
             "model": M,
             "backend": "PC1",
             "instance": f"{M}-2",
+            "client_ip": "10.0.0.5",
             "updated_at": "2026-11-27T09:00:00.000Z",
         },
         {
-            "key": "10.0.0.6",
+            "key": "10.0.0.6|qwen3",
             "ip": "10.0.0.6",
             "model": "qwen3",
             "backend": "PC2",
             "instance": "qwen3",
+            "client_ip": "10.0.0.6",
             "updated_at": "2026-11-27T09:00:01.500Z",
         },
     ]
@@ -182,7 +184,7 @@ def test_entries_drop_expired_bindings(store, clock):
     store.bind("bob", "ip", M, "PC2", M)
     clock.advance(100)  # alice is 200 s old, bob 100 s
 
-    assert [e["key"] for e in store.entries()] == ["bob"]
+    assert [e["key"] for e in store.entries()] == [f"bob|{M}"]
     assert len(store) == 1
 
 

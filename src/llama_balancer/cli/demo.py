@@ -15,10 +15,11 @@ from typing import Any
 from ..core.config import parse_config
 from ..runtime import Runtime, run, serve_until_signal
 
-# Three ways of reading a backend: llama-server's own endpoints, detection, the agent.
+# Three ways of reading a backend: llama-server's own endpoints, detection (no "kind", as
+# in the old tool's files), the agent alone.
 DEMO_BACKENDS: list[dict[str, Any]] = [
     {"name": "PC1", "models": ["llama-3.1-8b"], "instances": 2, "kind": "llama.cpp"},
-    {"name": "PC2", "models": ["llama-3.1-8b", "qwen2.5-7b"], "instances": 1, "kind": "auto"},
+    {"name": "PC2", "models": ["llama-3.1-8b", "qwen2.5-7b"], "instances": 1, "kind": None},
     {"name": "PC3", "models": ["qwen2.5-7b", "gpt-oss:20b"], "instances": 1, "kind": "agent"},
 ]
 
@@ -35,7 +36,7 @@ def demo_config(ports: dict[str, int], request_max: int = 4) -> dict[str, Any]:
     return {
         "servers": {
             name: {"addr": "http://127.0.0.1", "health-port": port, "model-port": port,
-                   "request-max": request_max, "kind": kinds[name]}
+                   "request-max": request_max, **({"kind": kinds[name]} if kinds[name] else {})}
             for name, port in ports.items()
         },
         "models": {

@@ -32,9 +32,11 @@ class ServerConfig(BaseModel):
     health_port: int = Field(alias="health-port", ge=1, le=65535)
     model_port: int = Field(alias="model-port", ge=1, le=65535)
     request_max: int | None = Field(default=None, alias="request-max", gt=0)
-    # How its load is read: the /llmhealth agent (the old tool's protocol), llama-server's
-    # /health /slots /metrics, vLLM's /metrics, plain OpenAI liveness, or detected.
-    kind: BackendKind = "agent"
+    # How its load is read: detected (the default: llama-server, vLLM or plain OpenAI on the
+    # model port, plus an /llmhealth agent on the health port where one answers), or forced:
+    # the agent alone (the old tool's protocol), llama-server's /health /slots /metrics,
+    # vLLM's /metrics, plain OpenAI liveness.
+    kind: BackendKind = "auto"
     # Sent upstream as "Authorization: Bearer ..."; never shown in snapshots or logs.
     api_key: str | None = Field(default=None, min_length=1, repr=False)
 

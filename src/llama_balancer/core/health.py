@@ -40,6 +40,41 @@ def parse_llmhealth(http_status: int, body: bytes) -> HealthSample:
     return HealthSample(status, util)
 
 
+def parse_agent_probe(http_status: int, body: bytes) -> HealthSample | None:
+    """An ``/llmhealth`` answer when it really comes from an agent, else None.
+
+    Used where no ``kind`` is configured: a 404 (a plain llama-server on that port), another
+    4xx or a body that is neither ``idle``/``busy`` nor JSON with such a ``status`` means no
+    agent runs there, not that the machine is busy. A 5xx is an agent that fails (invalid).
+    """
+    if http_status >= 500:  # something serves /llmhealth and fails: a broken agent
+        return HealthSample("invalid", detail=f"HTTP {http_status}")
+    if http_status != 200:
+        return None
+    text = body.strip()
+    if text in (b"idle", b"busy"):
+        return HealthSample(text.decode())  # type: ignore[arg-type]
+    try:
+        data = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(data, dict) or data.get("status") not in ("idle", "busy"):
+        return None
+    return parse_llmhealth(http_status, body)
+
+
+_SEVERITY = {"idle": 0, "busy": 1, "invalid": 2}
+
+
+def combine(model_side: HealthSample, agent: HealthSample) -> HealthSample:
+    """One sample from both signals of a machine: the model server's own and its agent's GPU
+    load. The worse status wins (a dead server is invalid whatever its GPU says; a busy GPU
+    makes an idle server busy); the GPU figure comes from the agent."""
+    worse = agent if _SEVERITY[agent.status] > _SEVERITY[model_side.status] else model_side
+    details = [d for d in (model_side.detail, agent.detail and f"agent: {agent.detail}") if d]
+    return HealthSample(worse.status, agent.gpu_util, "; ".join(details) or None)
+
+
 def judge(samples: Iterable[HealthSample]) -> Status:
     """Conservative verdict: any invalid -> invalid; none yet -> busy; any busy -> busy."""
     seen = False

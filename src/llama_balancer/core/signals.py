@@ -63,13 +63,16 @@ class SlotsInfo:
         return len(self.idle_ids)
 
     def for_model(self, model: str) -> SlotsInfo:
-        """The slots of one instance where slots name their model; all of them otherwise."""
+        """The slots of one instance where slots name their model; all of them otherwise,
+        and when none names this one (the server answers a name it does not list, as a plain
+        llama-server answers any: it must not look as if it had no slot at all)."""
         if not self.named:
             return self
         memo = self.per_model
         found = memo.get(model)
         if found is None:
-            found = SlotsInfo(tuple(s for s in self.slots if s.model == model))
+            mine = tuple(s for s in self.slots if s.model == model)
+            found = SlotsInfo(mine) if mine else self
             if len(memo) < 64:  # instance names; bounded all the same
                 memo[model] = found
         return found

@@ -33,8 +33,8 @@ async def handle_snapshot(request: web.Request) -> web.Response:
     sticky = ctx.sticky.entries()
     queue = ctx.queue.snapshot()
     backends = ctx.registry.snapshot()
-    for name, backend in backends.items():
-        backend["queue"] = queue["waiting_by_server"].get(name, 0)
+    for backend in backends:
+        backend["queue"] = queue["waiting_by_server"].get(backend["name"], 0)
     return json_response({
         "local": local_report(ctx),
         "backends": backends,

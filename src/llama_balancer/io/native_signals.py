@@ -64,7 +64,9 @@ def _resolve(health, props, metrics) -> str:
 
 
 def _openai(models: tuple[int, str, bytes] | None) -> NativePoll:
-    if models is None or models[0] != 200:
+    """Alive when ``/v1/models`` answers 200, or 401/403: a server that guards its API with
+    keys of its own (the clients' keys pass through) is up all the same."""
+    if models is None or models[0] not in (200, 401, 403):
         return NativePoll("openai", HealthSample("invalid", detail=_why(models, "/v1/models")))
     return NativePoll("openai", HealthSample("idle"))
 

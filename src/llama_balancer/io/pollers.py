@@ -12,12 +12,15 @@ import orjson
 
 from ..core.config import Config
 from ..core.errors import UpstreamError
-from ..core.health import HealthSample, parse_llmhealth
-from ..state.registry import Registry
+from ..core.health import HealthSample, combine, parse_agent_probe, parse_llmhealth
+from ..core.profile import agent_hint
+from ..state.registry import BackendState, Registry
 from .native_signals import poll_native
 from .upstream import UpstreamClient
 
 log = logging.getLogger("llama_balancer.pollers")
+
+AGENT_PROBE_EVERY = 10  # polls between two probes for an agent while none has answered
 
 
 class Pollers:
@@ -47,22 +50,91 @@ class Pollers:
 
     async def poll_health(self, name: str) -> None:
         state = self._registry.state(name)
-        if state.kind != "agent":
-            await self._poll_native(name)
-            return
-        url = state.server.health_base + "/llmhealth"
-        try:
-            status, body = await self._client.fetch(url, self._health_timeout, server=name)
-            sample = parse_llmhealth(status, body)
-        except UpstreamError as exc:
-            sample = HealthSample("invalid", detail=str(exc))
-        self._registry.record_health(name, sample, url)
+        configured = state.server.kind
+        if configured == "agent":
+            sample = await self._poll_agent(state.server.health_base, name)
+            self._registry.record_health(name, sample, state.server.health_base + "/llmhealth")
+            self._warn_about_agent(state, sample)
+        elif configured == "auto":
+            await self._poll_detected(name)
+        else:
+            await self._poll_native(name, configured)
+        self._announce(state)
 
-    async def _poll_native(self, name: str) -> None:
+    async def _poll_agent(self, health_base: str, name: str) -> HealthSample:
+        try:
+            status, body = await self._client.fetch(health_base + "/llmhealth", self._health_timeout, server=name)
+            return parse_llmhealth(status, body)
+        except UpstreamError as exc:
+            return HealthSample("invalid", detail=str(exc))
+
+    async def _poll_native(self, name: str, kind: str) -> None:
         state = self._registry.state(name)
-        polled = await poll_native(self._client, name, state.server, state.kind, self._health_timeout)
+        polled = await poll_native(self._client, name, state.server, kind, self._health_timeout)
         self._registry.record_signals(name, polled.load, polled.slots, polled.kind)
         self._registry.record_health(name, polled.sample, state.server.model_base)
+
+    async def _poll_detected(self, name: str) -> None:
+        """No ``kind`` configured: the model server's own signals (its kind detected again
+        after any failed poll), and an ``/llmhealth`` agent's where one answers."""
+        state = self._registry.state(name)
+        server, found = state.server, state.discovery
+        kind = state.kind if state.kind != "auto" and state.status != "invalid" else "auto"
+        probe_agent = found.agent_seen or found.polls % AGENT_PROBE_EVERY == 0
+        found.polls += 1
+        polled, agent = await asyncio.gather(
+            poll_native(self._client, name, server, kind, self._health_timeout),
+            self._probe_agent(server.health_base, name, found.agent_seen) if probe_agent else _nothing())
+        if probe_agent:
+            self._note_agent(state, agent)
+        sample = polled.sample if agent is None else combine(polled.sample, agent)
+        self._registry.record_signals(name, polled.load, polled.slots, polled.kind)
+        url = server.health_base + "/llmhealth" if found.agent_seen else server.model_base
+        self._registry.record_health(name, sample, url)
+
+    async def _probe_agent(self, health_base: str, name: str, known: bool) -> HealthSample | None:
+        """The agent's sample; None when no agent answers there. Once one has answered, its
+        answers are read as the old tool read them (an error is invalid, garbage busy)."""
+        if known:
+            return await self._poll_agent(health_base, name)
+        try:
+            status, body = await self._client.fetch(health_base + "/llmhealth", self._health_timeout, server=name)
+        except UpstreamError:
+            return None
+        return parse_agent_probe(status, body)
+
+    def _note_agent(self, state: BackendState, agent: HealthSample | None) -> None:
+        found, server = state.discovery, state.server
+        if agent is not None:
+            found.agent_seen = True
+            return
+        if not found.agent_seen and not found.warned and server.health_port != server.model_port:
+            found.warned = True
+            log.warning("%s: no /llmhealth agent answers at %s; using the model server's own signals "
+                        "(start `llama-balancer serve` there for its GPU load, or set health-port to the "
+                        "model-port to say there is none)", state.name, server.health_base)
+
+    def _warn_about_agent(self, state: BackendState, sample: HealthSample) -> None:
+        """A configured agent that fails gets one warning a failure streak, with the hint."""
+        found, server = state.discovery, state.server
+        if sample.status != "invalid":
+            if found.warned:
+                log.info("%s: the /llmhealth agent at %s answers again", state.name, server.health_base)
+            found.warned, found.agent_seen = False, True
+            return
+        if not found.warned:
+            found.warned = True
+            log.warning("%s: the /llmhealth agent at %s does not answer: %s", state.name, server.health_base,
+                        agent_hint(state.name, sample.detail, server.health_port == server.model_port))
+
+    def _announce(self, state: BackendState) -> None:
+        """One log line per server once its kind is known, and again on every change."""
+        if state.kind == "auto" or not (state.discovery.models_polled or state.served is not None):
+            return
+        profile = state.profile()
+        if profile != state.discovery.announced:
+            state.discovery.announced = profile
+            log.info("%s", profile.describe(state.name, state.server.model_base, state.server.health_base))
 
     async def poll_models(self, name: str) -> list[dict[str, Any]] | None:
         """Refresh one server's model list; returns its entries, or None when unreachable."""
@@ -77,6 +149,10 @@ class Pollers:
             entries = None
         if entries is not None:
             self._registry.record_models(name, [entry["id"] for entry in entries])
+        state = self._registry.find(name)
+        if state is not None:
+            state.discovery.models_polled = True
+            self._announce(state)
         return entries
 
 
@@ -89,6 +165,10 @@ def _model_entries(body: bytes) -> list[dict[str, Any]] | None:
     if not isinstance(items, list):
         return None
     return [item for item in items if isinstance(item, dict) and isinstance(item.get("id"), str)]
+
+
+async def _nothing() -> None:
+    return None
 
 
 async def _every(interval: float, poll: Callable[[], Awaitable[Any]]) -> None:

@@ -10,7 +10,8 @@ import argparse
 from dataclasses import dataclass, field
 
 FAULTS: tuple[str, ...] = ("refuse", "500", "503", "stall", "drop")
-LLMHEALTH_MODES: tuple[str, ...] = ("busy", "idle", "garbage", "error")
+# "absent": 404, as a plain llama-server answers (no agent on this port).
+LLMHEALTH_MODES: tuple[str, ...] = ("busy", "idle", "garbage", "error", "absent")
 
 
 @dataclass

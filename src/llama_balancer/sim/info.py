@@ -86,6 +86,9 @@ async def handle_llmhealth(request: web.Request) -> web.Response:
     """The GPU-busy sidecar's answer: busy while any slot works, unless forced."""
     state = request.app[STATE_KEY]
     mode = state.config.llmhealth
+    if mode == "absent":  # what a real llama-server answers for a path it does not serve
+        return json_response({"error": {"message": "File Not Found", "type": "not_found_error", "code": 404}},
+                             status=404)
     if mode == "garbage":
         return web.Response(text="weird", content_type="text/plain")
     if mode == "error":

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..core.frozen import quick_init
-from .clock import Clock, iso_utc
+from .clock import Clock, iso_minute, iso_utc
 
 
 @quick_init
@@ -51,14 +51,20 @@ class AccessStats:
         last_minute = int(now // 60)
         users = [r.user for r in records if r.user]
         return {
-            "window_seconds": self.window_s,
-            "total": len(records),
+            # The old tool's keys, with its names and shapes (SPEC Part A).
+            "total_requests": len(records),
             "unique_ips": len({r.ip for r in records}),
             "unique_models": len({r.model for r in records}),
-            "unique_users": len(set(users)),
-            "by_ip": dict(Counter(r.ip for r in records).most_common()),
-            "by_model": dict(Counter(r.model for r in records).most_common()),
-            "by_user": dict(Counter(users).most_common()),
+            "unique_usernames": len(set(users)),
+            "ip_counts": dict(Counter(r.ip for r in records).most_common()),
+            "model_counts": dict(Counter(r.model for r in records).most_common()),
+            "username_counts": dict(Counter(users).most_common()),
+            "time_series": {iso_minute(m): len(by_minute[m]) for m in sorted(by_minute)},
+            "retention_hours": self.window_s / 3600.0,
+            "oldest_log": iso_utc(records[0].wall) if records else None,
+            "newest_log": iso_utc(records[-1].wall) if records else None,
+            # Ours.
+            "window_seconds": self.window_s,
             "by_server": dict(Counter(r.server for r in records).most_common()),
             "by_reason": dict(Counter(r.reason for r in records).most_common()),
             "per_minute": [_minute(m, by_minute.get(m, [])) for m in range(first_minute, last_minute + 1)],

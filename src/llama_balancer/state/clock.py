@@ -19,6 +19,11 @@ class SystemClock:
         return time.time()
 
 
+def iso_minute(minute: int) -> str:
+    """``2026-11-27T09:00:00Z``: the start of a minute (minutes since the epoch)."""
+    return datetime.fromtimestamp(minute * 60, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:00Z")
+
+
 def iso_utc(wall: float) -> str:
     """``2026-11-27T09:00:00.123Z``: ISO-8601 with a Z, as the old tool's snapshot had."""
     stamp = datetime.fromtimestamp(wall, tz=timezone.utc)

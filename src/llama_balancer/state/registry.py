@@ -12,12 +12,25 @@ from typing import Any, Callable
 from ..core.config import Config, ServerConfig
 from ..core.health import HealthSample, Status, judge
 from ..core.models import instances_of
+from ..core.profile import BackendProfile
 from ..core.routing import ServerView
 from ..core.signals import BackendLoad, SlotsInfo
 from .clock import Clock, iso_utc
 from .pace import Pace
 
 INSTANCES_REMEMBERED = 256  # model names per backend whose instance list is kept
+
+
+@dataclass
+class Discovery:
+    """What polls found out about a server beyond its load: whether an /llmhealth agent
+    answers, and what was last announced in the log (so each change is logged once)."""
+
+    agent_seen: bool = False  # an agent answered since the address was configured
+    polls: int = 0  # polls so far: agent probes are spaced out while none has answered
+    models_polled: bool = False  # a /v1/models poll finished (answered or not)
+    announced: BackendProfile | None = None
+    warned: bool = False  # the "agent does not answer" warning of this failure streak
 
 
 @dataclass
@@ -30,7 +43,8 @@ class BackendState:
     served_at: float | None = None
     inflight: dict[str, int] = field(default_factory=dict)
     total: int = 0
-    kind: str = "agent"  # the server's kind; "auto" resolved by the first signal poll
+    kind: str = "auto"  # the server's kind; "auto" resolved by the first signal poll
+    discovery: Discovery = field(default_factory=Discovery)
     load: BackendLoad | None = None  # polled load (llama.cpp / vLLM); lags our own counts
     load_at: float | None = None
     slots: SlotsInfo | None = None
@@ -68,6 +82,10 @@ class BackendState:
     @property
     def status(self) -> Status:
         return judge(self.samples)
+
+    def profile(self) -> BackendProfile:
+        slots = self.slots.total if self.slots else (self.load.slots_total if self.load else None)
+        return BackendProfile(self.kind, self.discovery.agent_seen or self.kind == "agent", slots, self.served)
 
     def health(self, now: float) -> str:
         """idle / busy / invalid from polls, overridden by passive health: open circuit ->
@@ -157,11 +175,13 @@ class Registry:
             if state.server.health_base != server.health_base:
                 state.samples.clear()
                 state.last = None
+                state.discovery = Discovery()
             if state.server.model_base != server.model_base or state.server.kind != server.kind:
                 state.served, state.served_at = None, None
                 state.load, state.load_at, state.slots = None, None, None
                 state.pace = Pace()
                 state.kind = server.kind
+                state.discovery = Discovery()
             state.server = server
             if state.samples.maxlen != window:
                 state.samples = deque(state.samples, maxlen=window)
@@ -173,6 +193,10 @@ class Registry:
 
     def state(self, name: str) -> BackendState:
         return self._states[name]
+
+    def find(self, name: str) -> BackendState | None:
+        """The state, or None when a reload removed the server (a poll may outlive it)."""
+        return self._states.get(name)
 
     def slot(self, name: str, instance: str, pinned: int | None = None) -> InflightSlot:
         return InflightSlot(self._states[name], instance, pinned, self.on_release, self._clock.monotonic)
@@ -239,11 +263,13 @@ class Registry:
     def total_inflight(self) -> int:
         return sum(state.total for state in self._states.values())
 
-    def snapshot(self) -> dict[str, Any]:
-        """The ``backends`` part of /llmhealth-snapshot (the old tool's keys, plus a few)."""
+    def snapshot(self) -> list[dict[str, Any]]:
+        """The ``backends`` part of /llmhealth-snapshot: a list in config order, as the old
+        tool wrote it (its keys, plus ``name`` and a few more)."""
         now = self._clock.monotonic()
-        return {
-            name: {
+        return [
+            {
+                "name": name,
                 "base": state.server.model_base,
                 "status": state.status,
                 "last": state.last,
@@ -254,7 +280,7 @@ class Registry:
                 **self._extras(state, now),
             }
             for name, state in self._states.items()
-        }
+        ]
 
     @staticmethod
     def _extras(state: BackendState, now: float) -> dict[str, Any]:
@@ -263,6 +289,8 @@ class Registry:
         load = state.load
         return {
             "kind": state.kind,
+            "configured_kind": state.server.kind,
+            "agent": state.discovery.agent_seen or state.kind == "agent",
             "health": state.health(now),
             "suspect": state.suspect,
             "circuit_open": state.open_until is not None and now < state.open_until,

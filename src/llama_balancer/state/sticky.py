@@ -84,8 +84,10 @@ class StickyStore:
         for key in [k for k, e in self._by_key.items() if now - e.updated_mono > self.ttl_s]:
             self._drop(key)
         return [
-            {"key": e.identity, "ip": e.ip, "model": e.model, "backend": e.server,
-             "instance": e.instance, "updated_at": iso_utc(e.updated_wall)}
+            # The old tool's keys: "key" is "<identity>|<model>" and "ip" the identity (a
+            # user name or an IP); the client's address itself is our "client_ip".
+            {"key": f"{e.identity}|{e.model}", "ip": e.identity, "model": e.model, "backend": e.server,
+             "instance": e.instance, "client_ip": e.ip, "updated_at": iso_utc(e.updated_wall)}
             for e in self._by_key.values()
         ]
 
