@@ -34,11 +34,34 @@ class AuthPolicy:
 
 
 def _member(token: str, keys: frozenset[str]) -> bool:
-    """Constant-time comparison against every key, so timing tells nothing about them."""
+    """Constant-time comparison against every key, so timing tells nothing about them.
+
+    Bytes are compared, never str: a header value that is not valid UTF-8 arrives with its
+    bad bytes as surrogate escapes, and must be refused (401), not crash the check."""
+    given = raw_bytes(token)
     found = False
     for key in keys:
-        found |= hmac.compare_digest(token.encode(), key.encode())
+        found |= hmac.compare_digest(given, raw_bytes(key))
     return found
+
+
+def raw_bytes(text: str) -> bytes:
+    """The bytes a header value (or key) was decoded from: UTF-8, with undecodable bytes
+    restored from their surrogate escapes (as aiohttp decodes headers). A lone surrogate
+    that no byte stands for (a JSON ``\\udXXX`` escape) still encodes, and matches nothing
+    a client can send."""
+    try:
+        return text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogatepass")
+
+
+def from_latin1(value: str | None) -> str | None:
+    """A header value decoded as latin-1 (the native front's reading), re-read the way
+    aiohttp reads it, so both fronts hand the same key to ``AuthPolicy``."""
+    if value is None:
+        return None
+    return value.encode("latin-1").decode("utf-8", "surrogateescape")
 
 
 def bearer_token(authorization: str | None, api_key_header: str | None) -> str | None:

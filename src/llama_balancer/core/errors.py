@@ -11,6 +11,7 @@ class BalancerError(Exception):
     status: int = 500
     type: str = "server_error"
     code: str = "internal_error"
+    closes: bool = False  # the connection closes after this answer (what follows cannot be framed)
 
     def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
@@ -36,6 +37,14 @@ class MissingModel(BadRequest):
 
 class PayloadTooLarge(BalancerError):
     status, type, code = 413, "invalid_request_error", "payload_too_large"
+
+
+class RequestTimeout(BalancerError):
+    """The request head or body did not arrive within ``client_header_timeout_s`` of its
+    first byte (a slow or stalled client): answered 408, and the connection closes."""
+
+    status, type, code = 408, "invalid_request_error", "request_timeout"
+    closes = True
 
 
 class UpstreamError(BalancerError):

@@ -8,31 +8,38 @@ byte read so far, to aiohttp's ``RequestHandler`` for good, where the app's midd
 handlers (admin, dashboard, catch-all proxy, and the routed endpoints too) serve it as they
 always did. Why: aiohttp.web's per-request and per-chunk machinery costs several times
 what the relaying itself does (docs/performance.md, docs/fast-path.md).
+
+Every request line the front reads is checked before anything else (``request_head``): what
+no parser may accept gets 400 and a close at once. A request head, and then its body, must
+arrive within ``client_header_timeout_s`` of its first byte (408 and a close otherwise):
+the idle clock alone restarts at every byte, so a client trickling a byte a second would
+hold its connection for ever. Connections handed to aiohttp keep that deadline
+(``handoff.HandedOff``).
 """
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
-from email.utils import formatdate
-from http import HTTPStatus
+from secrets import token_hex
 from typing import Callable
 from urllib.parse import urlsplit
 
-import orjson
 from multidict import CIMultiDict
 
-from ..core.auth import bearer_token
+from ..core.auth import bearer_token, from_latin1
 from ..core.config import ServerConfig
-from ..core.errors import BalancerError, PayloadTooLarge
+from ..core.errors import BalancerError, PayloadTooLarge, RequestTimeout
 from ..io.http1 import client_head, request_bytes
 from ..io.wire import UpstreamConnection
 from ..io.wire_pool import WirePool
 from ..state.exchange import Exchange
 from .context import AppContext
+from .errors import error_bytes
 from .guards import auth_refusal, request_id_from
+from .handoff import HandedOff
 from .recording import begin_exchange, finish_exchange
-from .request_head import RequestHead, parse_request_head
+from .request_head import MalformedRequest, RequestHead, check_request_line, parse_request_head
 from .routed import MODEL_OPTIONAL, MODEL_REQUIRED, Call, RetryElsewhere, route_call
 
 log = logging.getLogger("llama_balancer.front")
@@ -59,18 +66,24 @@ class Front:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(lambda: FrontConnection(self), host, port, backlog=backlog,
                                                 reuse_address=True)
-        self._sweeper = loop.create_task(self._close_idle_connections())
+        self._sweeper = loop.create_task(self._close_stale_connections())
         return self._server.sockets[0].getsockname()[1]
 
-    async def _close_idle_connections(self) -> None:
-        """A client connection with no request in progress for ``client_idle_timeout_s``
-        (idle keep-alive, or a head that never completes) is closed: descriptors are finite."""
+    async def _close_stale_connections(self) -> None:
+        """Descriptors are finite. A client connection with no request in progress closes
+        after ``client_idle_timeout_s`` without a byte (idle keep-alive), and with 408 when
+        the request it is sending (head, then body) took over ``client_header_timeout_s``
+        since its first byte, however steadily the bytes trickle."""
         while True:
-            timeout = self.ctx.config.balancer.client_idle_timeout_s
-            await asyncio.sleep(min(timeout / 4, 5.0))
-            stale = time.monotonic() - timeout
-            for conn in [c for c in self.connections if c.task is None and c.last_active < stale]:
-                conn.close()
+            options = self.ctx.config.balancer
+            idle, header = options.client_idle_timeout_s, options.client_header_timeout_s
+            await asyncio.sleep(min(idle / 4, header / 4, 5.0))
+            now = time.monotonic()
+            for conn in [c for c in self.connections if c.task is None]:
+                if conn.receiving_since is not None and now - conn.receiving_since > header:
+                    conn.time_out(header)
+                elif now - conn.last_active > idle:
+                    conn.close()
 
     def stop_listening(self) -> None:
         """No new connections; idle native ones close, busy ones close after their answer."""
@@ -120,7 +133,9 @@ class FrontConnection(asyncio.Protocol):
         self.head_sent = False
         self.keep_alive = True
         self.last_active = time.monotonic()  # the last byte read, or the last answer's end
+        self.receiving_since: float | None = None  # first byte of the head (then body) being read
         self._parsed: tuple[int, RequestHead] | None = None  # a head whose body is still arriving
+        self._line_checked = False  # the request line of a head still arriving passed
         self._reading_paused = False
         self._writing_paused = False
 
@@ -138,13 +153,19 @@ class FrontConnection(asyncio.Protocol):
             self.task.cancel()  # the client went away: the upstream request ends with it
 
     def data_received(self, data: bytes) -> None:
+        now = self.last_active = time.monotonic()
+        if self.receiving_since is None:
+            self.receiving_since = now
         self.buffer += data
-        self.last_active = time.monotonic()
-        if self.task is None:
-            self._next()
-        elif len(self.buffer) > READ_AHEAD and not self._reading_paused and self.transport is not None:
-            self._reading_paused = True
-            self.transport.pause_reading()
+        try:
+            if self.task is None:
+                self._next()
+            elif len(self.buffer) > READ_AHEAD and not self._reading_paused and self.transport is not None:
+                self._reading_paused = True
+                self.transport.pause_reading()
+        except Exception as exc:  # nothing may escape a protocol callback (asyncio logs a traceback)
+            log.error("unexpected %s reading a request from %s: %s", type(exc).__name__, self.peer, exc)
+            self._refuse(BalancerError("internal error in llama-balancer"))
 
     def pause_writing(self) -> None:
         self._writing_paused = True
@@ -166,6 +187,24 @@ class FrontConnection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
 
+    def time_out(self, timeout: float) -> None:
+        """The request being received missed its deadline: 408, and the connection closes."""
+        part = "body" if self._parsed is not None else "head"
+        log.debug("closing a connection from %s whose request %s took over %s s", self.peer, part, timeout)
+        self._refuse(RequestTimeout(f"the request {part} did not arrive within {timeout:g} s"))
+
+    def _refuse(self, exc: BalancerError) -> None:
+        """Answer ``exc`` (unless an answer is under way) and close: no request in progress."""
+        self.buffer = bytearray()
+        self._parsed = None
+        self.keep_alive = False
+        if self.task is not None:
+            self.abort()
+            return
+        self.head_sent = False
+        self._answer_error(exc, token_hex(16))
+        self.close()
+
     # -- requests
 
     def _next(self) -> None:
@@ -174,29 +213,61 @@ class FrontConnection(asyncio.Protocol):
         if self._parsed is not None:
             end, head = self._parsed
         else:
+            if buf[:2] == b"\r\n" and buf[2:4] != b"\r\n":
+                del buf[:2]  # RFC 9112 2.2: one empty line before a request line is ignored
             ctx = self.front.ctx
             longest = min(MAX_NATIVE_HEAD, ctx.config.balancer.max_header_bytes)
             end = buf.find(b"\r\n\r\n", 0, longest + 4)
             if end < 0:
-                if len(buf) > longest:
-                    self._hand_off()  # aiohttp applies max_header_bytes per line
+                self._head_incomplete(longest)
                 return
-            parsed = parse_request_head(bytes(buf[:end]), NATIVE_PATHS, ctx.config.balancer.max_headers)
+            try:
+                parsed = parse_request_head(bytes(buf[:end]), NATIVE_PATHS, ctx.config.balancer.max_headers)
+            except MalformedRequest as exc:
+                self._malformed(exc)
+                return
             if parsed is None:
                 self._hand_off()
                 return
             head = parsed
+            self._line_checked = False
             if head.length > ctx.config.balancer.max_body_bytes:
+                self.receiving_since = None
                 self._start(head, b"", too_large=True)
                 return
             self._parsed = end, head
+            self.receiving_since = time.monotonic()  # the body's own deadline starts
         stop = end + 4 + head.length
         if len(buf) < stop:
             return
         body = bytes(buf[end + 4:stop])
         del buf[:stop]
         self._parsed = None
+        self.receiving_since = None
         self._start(head, body)
+
+    def _head_incomplete(self, longest: int) -> None:
+        """A head still arriving: its request line is checked as soon as it is complete (an
+        HTTP/0.9 line, or garbage, gets its 400 now, not when the idle clock runs out); a head
+        longer than the front reads goes to aiohttp, which applies max_header_bytes per line."""
+        buf = self.buffer
+        if not self._line_checked:
+            line_end = buf.find(b"\n", 0, longest + 1)
+            if line_end >= 0:
+                try:
+                    if buf[line_end - 1:line_end] != b"\r":
+                        raise MalformedRequest("the request line must end with CRLF")
+                    check_request_line(bytes(buf[:line_end - 1]))
+                except MalformedRequest as exc:
+                    self._malformed(exc)
+                    return
+                self._line_checked = True
+        if len(buf) > longest:
+            self._hand_off()
+
+    def _malformed(self, exc: MalformedRequest) -> None:
+        log.warning("refused a malformed request from %s: %s", self.peer, exc.message)
+        self._refuse(exc)
 
     def _start(self, head: RequestHead, body: bytes, too_large: bool = False) -> None:
         self.head_sent = False
@@ -210,11 +281,13 @@ class FrontConnection(asyncio.Protocol):
         self.front.connections.discard(self)
         if self._reading_paused:
             transport.resume_reading()
-        handler = self.front.hand_off()
+        ctx = self.front.ctx
+        handler = HandedOff(self.front.hand_off(), lambda: ctx.config.balancer.client_header_timeout_s,
+                            self.receiving_since if self.buffer else None)
         transport.set_protocol(handler)
         handler.connection_made(transport)
         if self.buffer:
-            handler.data_received(bytes(self.buffer))  # type: ignore[attr-defined]
+            handler.data_received(bytes(self.buffer))
         self.buffer = bytearray()
         self.transport = None
 
@@ -225,8 +298,8 @@ class FrontConnection(asyncio.Protocol):
         ex: Exchange | None = None
         error: BaseException | None = None
         try:
-            refusal = auth_refusal(ctx.auth, head.path, bearer_token(headers.get("Authorization"),
-                                                                     headers.get("x-api-key")))
+            token = bearer_token(from_latin1(headers.get("Authorization")), from_latin1(headers.get("x-api-key")))
+            refusal = auth_refusal(ctx.auth, head.method, head.path, token)
             if refusal is not None:
                 self._answer_error(refusal, request_id)
                 return
@@ -257,6 +330,7 @@ class FrontConnection(asyncio.Protocol):
         self.task = None
         self.upstream = None
         self.last_active = time.monotonic()
+        self.receiving_since = self.last_active if self.buffer else None  # a pipelined request's clock
         transport = self.transport
         if transport is None or transport.is_closing():
             return
@@ -276,14 +350,8 @@ class FrontConnection(asyncio.Protocol):
         if self.head_sent:  # an answer began: cutting the connection is the only honest end
             transport.abort()
             return
-        body = orjson.dumps(exc.body())
-        lines = [f"HTTP/1.1 {exc.status} {_phrase(exc.status)}", f"Date: {formatdate(usegmt=True)}",
-                 "Content-Type: application/json", f"Content-Length: {len(body)}", f"X-Request-Id: {request_id}"]
-        lines += [f"{name}: {value}" for name, value in exc.headers.items()]
-        if not self.keep_alive or self.front.closing:
-            lines.append("Connection: close")
         self.head_sent = True
-        transport.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
+        transport.write(error_bytes(exc, request_id, close=not self.keep_alive or self.front.closing))
 
     async def _attempt(self, server: ServerConfig, call: Call, headers: CIMultiDict[str], body: bytes, ex: Exchange,
                        last_try: bool, answered: Callable[[], None]) -> None:
@@ -324,11 +392,3 @@ class FrontConnection(asyncio.Protocol):
         ex.outcome = "upstream_error"
         log.warning("answer from %s broke off: %s", ex.server, exc)
         transport.abort()
-
-
-def _phrase(status: int) -> str:
-    try:
-        return HTTPStatus(status).phrase
-    except ValueError:
-        return "Error"
-

@@ -2,6 +2,7 @@
 then errors as OpenAI-style JSON. One layer, not four: it runs on every request."""
 from __future__ import annotations
 
+import asyncio
 import re
 from secrets import token_hex
 
@@ -11,15 +12,21 @@ from ..core.auth import Access, AuthPolicy, bearer_token
 from ..core.errors import BalancerError
 from .context import REQUEST_ID, context_of
 from .errors import Handler, answer_errors, error_response, from_balancer_error
+from .handoff import handed_off
+from .request_head import MalformedRequest
 
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_NOT_VISIBLE = re.compile(r"[^\x21-\x7e]")  # a request target is visible ASCII (RFC 9112 3.2)
 
 ADMIN_PATHS = frozenset({"/llmhealth-snapshot", "/access-log-stats", "/llmhealth-monitor", "/metrics"})
 OPEN_PATHS = frozenset({"/llmhealth", "/favicon.ico"})
+OPEN_METHODS = frozenset({"GET", "HEAD"})  # what the open endpoints serve
 
 
-def access_for(path: str) -> Access:
-    if path in OPEN_PATHS:
+def access_for(method: str, path: str) -> Access:
+    """Open only for the method an open endpoint serves: any other method on its path falls
+    through to the catch-all proxy, which must never be reached without a key."""
+    if path in OPEN_PATHS and method in OPEN_METHODS:
         return "open"
     if path in ADMIN_PATHS or path.startswith("/admin/"):
         return "admin"
@@ -35,11 +42,11 @@ def request_id_from(given: str | None) -> str:
     return given if given and _SAFE_ID.match(given) else token_hex(16)
 
 
-def auth_refusal(auth: AuthPolicy, path: str, token: str | None) -> Unauthorized | None:
-    """None when ``token`` may call ``path`` (always, with no keys configured)."""
+def auth_refusal(auth: AuthPolicy, method: str, path: str, token: str | None) -> Unauthorized | None:
+    """None when ``token`` may call ``method path`` (always, with no keys configured)."""
     if not auth.enabled:
         return None
-    access = access_for(path)
+    access = access_for(method, path)
     if auth.allows(access, token):
         return None
     kind = "an admin key" if access == "admin" else "an API key"
@@ -49,6 +56,14 @@ def auth_refusal(auth: AuthPolicy, path: str, token: str | None) -> Unauthorized
 
 @web.middleware
 async def front_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    response: web.StreamResponse | None = None
+    guard = handed_off(request)
+    if guard is not None:
+        guard.request_started()  # its head arrived: the head deadline stops
+        task = asyncio.current_task()  # aiohttp's task for this request: it also writes the answer
+        if task is not None:
+            task.add_done_callback(lambda done: guard.request_done(
+                not done.cancelled() and response is not None and response.keep_alive is not False))
     request_id = request[REQUEST_ID] = request_id_from(request.headers.get("X-Request-Id"))
     response = _refusal(request)
     if response is None:
@@ -59,8 +74,13 @@ async def front_middleware(request: web.Request, handler: Handler) -> web.Stream
 
 
 def _refusal(request: web.Request) -> web.Response | None:
-    """Only origin-form targets (``/path``: no absolute-URI, no CONNECT: never an open proxy),
-    and the right key where keys are configured."""
+    """A request line as the native front would take it (visible ASCII, HTTP/1.x: whichever
+    parser aiohttp runs), only origin-form targets (``/path``: no absolute-URI, no CONNECT:
+    never an open proxy), and the right key where keys are configured."""
+    if request.version < (1, 0):
+        return from_balancer_error(MalformedRequest("no HTTP version in the request line (HTTP/0.9 is not served)"))
+    if _NOT_VISIBLE.search(request.raw_path):
+        return from_balancer_error(MalformedRequest("control character or non-ASCII byte in the request target"))
     if request.method == "CONNECT" or not request.raw_path.startswith("/"):
         return error_response(400, "only origin-form request targets are accepted (no proxying to other hosts)",
                               "invalid_request_error", "invalid_request_target")
@@ -70,5 +90,5 @@ def _refusal(request: web.Request) -> web.Response | None:
     token = bearer_token(request.headers.get("Authorization"), request.headers.get("x-api-key"))
     if token is None and request.path == "/llmhealth-monitor":
         token = request.query.get("key")  # a browser cannot add headers to a page load
-    refusal = auth_refusal(ctx.auth, request.path, token)
+    refusal = auth_refusal(ctx.auth, request.method, request.path, token)
     return None if refusal is None else from_balancer_error(refusal)

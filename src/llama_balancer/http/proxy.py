@@ -1,12 +1,11 @@
 """Everything that is not routed goes to the fallback server, bodies streamed both ways."""
 from __future__ import annotations
 
-from typing import AsyncIterator
-
 from aiohttp import web
 
 from ..core.errors import PayloadTooLarge
 from ..io.forward import relay_response
+from .body import body_chunks
 from .context import context_of
 from .recording import begin_exchange_for, finish_exchange
 from .upstream_headers import headers_for
@@ -24,7 +23,7 @@ async def handle_proxy(request: web.Request) -> web.StreamResponse:
             raise PayloadTooLarge(f"request body of {request.content_length} bytes exceeds the limit of {limit} bytes")
         server = config.servers[config.fallback]
         headers = headers_for(ctx, request.headers, server, ex.request_id, body_replaced=False)
-        data = _limited_body(request, limit) if request.body_exists else None
+        data = body_chunks(request, limit, config.balancer.client_header_timeout_s) if request.body_exists else None
         async with ctx.client.open(request.method, server.model_base + request.path_qs, headers=headers,
                                    data=data, server=config.fallback) as upstream:
             return await relay_response(request, upstream, config.fallback, ex)
@@ -33,13 +32,3 @@ async def handle_proxy(request: web.Request) -> web.StreamResponse:
         raise
     finally:
         finish_exchange(ctx, ex, error)
-
-
-async def _limited_body(request: web.Request, limit: int) -> AsyncIterator[bytes]:
-    """The client's body as it arrives; a chunked body that grows past the limit is cut off."""
-    size = 0
-    async for chunk in request.content.iter_any():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
-        yield chunk

@@ -79,7 +79,8 @@ async def handle_routed(request: web.Request) -> web.StreamResponse:
     ex = begin_exchange_for(ctx, request, request.path)
     error: BaseException | None = None
     try:
-        raw = await read_limited(request, ctx.config.balancer.max_body_bytes)
+        options = ctx.config.balancer
+        raw = await read_limited(request, options.max_body_bytes, options.client_header_timeout_s)
         call = Call(request.method, request.path, request.path_qs, request.headers, raw)
         return await route_call(ctx, call, ex, _aiohttp_attempt(ctx, request))
     except BaseException as exc:

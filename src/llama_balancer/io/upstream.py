@@ -8,7 +8,7 @@ from typing import Any, AsyncIterator, Mapping
 import aiohttp
 
 from ..core.config import BalancerOptions
-from ..core.errors import UpstreamError, UpstreamTimeout
+from ..core.errors import BalancerError, UpstreamError, UpstreamTimeout
 
 _NO_AUTO_HEADERS = ("User-Agent", "Accept-Encoding", "Content-Type")
 
@@ -101,6 +101,8 @@ def map_error(exc: BaseException, url: str, server: str | None) -> BaseException
     """aiohttp/OS errors -> UpstreamError kinds; cancellation and ours pass unchanged."""
     if isinstance(exc, (asyncio.CancelledError, UpstreamError)) or not isinstance(exc, Exception):
         return exc
+    if isinstance(exc.__cause__, BalancerError) and not isinstance(exc, BalancerError):
+        return exc.__cause__  # ours, from the client's body we were sending (too large, too slow)
     where = f"backend {server!r} ({url})" if server else url
     if isinstance(exc, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)):
         return UpstreamTimeout(f"{where} timed out", kind="timeout", server=server)
