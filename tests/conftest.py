@@ -24,6 +24,17 @@ FAST_OPTIONS: dict[str, Any] = {
 }
 
 
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """One line on whether the real llama-server tier ran (tests/real)."""
+    from tools import llama_server
+    found = llama_server.binary()
+    if found is not None:
+        terminalreporter.write_line(f"real llama-server tier: on ({found})")
+    else:
+        terminalreporter.write_line("real llama-server tier: skipped, llama-server not built "
+                                    "(`.venv/bin/python -m tools.llama_server build`, ~13 min once)")
+
+
 def server_entry(sim: RunningSim, **extra: Any) -> dict[str, Any]:
     """A server-list.json entry for a sim: model API and /llmhealth share its port."""
     return {"addr": "http://127.0.0.1", "health-port": sim.port, "model-port": sim.port, **extra}

@@ -134,3 +134,26 @@ async def test_the_registry_learns_slot_turnover_and_targets_show_the_busy_slots
     [target] = build_targets(registry, affinity, ["B1"], "m", prompt, clock.monotonic(), routing)
     assert target.busy_match == 0 and target.idle_slots == (0, 1)
     assert registry.state("B1").pace.occupancy_s == pytest.approx(0.4 + 0.2 * (0.6 - 0.4))
+
+
+async def test_a_slot_of_ours_that_ended_while_the_poll_was_out_still_reads_idle(clock):
+    """The race seen on real llama-servers: the /slots answer is written while our request
+    still runs, our request ends, then the answer arrives. The slot it shows busy was ours,
+    so it is idle now, not another client's (before: the conversation lost its slot)."""
+    config = config_from_data({"servers": {"B1": {"addr": "http://10.0.0.1", "health-port": 8080,
+                                                   "model-port": 8080, "kind": "llama.cpp"}},
+                               "models": {"m": ["B1"]}})
+    registry = Registry(config, clock)
+    affinity = AffinityStore(64)
+    prompt = fingerprint(chat("A system prompt. " * 40))
+    async with registry.slot("B1", "m", pinned=1):
+        mark = registry.poll_mark("B1")  # the poll goes out while slot 1 works for us
+    # ... and its answer, showing slot 1 busy, comes back after our request ended.
+    registry.record_signals("B1", BackendLoad(1, 0, 2, 1), SlotsInfo((Slot(0, False), Slot(1, True))),
+                            "llama.cpp", mark)
+    [target] = build_targets(registry, affinity, ["B1"], "m", prompt, clock.monotonic(), config.balancer.routing)
+    assert target.idle_slots == (0, 1) and target.load == 0
+    # Without the mark (our share read only when the answer came) slot 1 looks taken by someone else.
+    registry.record_signals("B1", BackendLoad(1, 0, 2, 1), SlotsInfo((Slot(0, False), Slot(1, True))), "llama.cpp")
+    [target] = build_targets(registry, affinity, ["B1"], "m", prompt, clock.monotonic(), config.balancer.routing)
+    assert target.idle_slots == (0,)

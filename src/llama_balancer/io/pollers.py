@@ -70,8 +70,9 @@ class Pollers:
 
     async def _poll_native(self, name: str, kind: str) -> None:
         state = self._registry.state(name)
+        mark = self._registry.poll_mark(name)
         polled = await poll_native(self._client, name, state.server, kind, self._health_timeout)
-        self._registry.record_signals(name, polled.load, polled.slots, polled.kind)
+        self._registry.record_signals(name, polled.load, polled.slots, polled.kind, mark)
         self._registry.record_health(name, polled.sample, state.server.model_base)
 
     async def _poll_detected(self, name: str) -> None:
@@ -82,13 +83,14 @@ class Pollers:
         kind = state.kind if state.kind != "auto" and state.status != "invalid" else "auto"
         probe_agent = found.agent_seen or found.polls % AGENT_PROBE_EVERY == 0
         found.polls += 1
+        mark = self._registry.poll_mark(name)
         polled, agent = await asyncio.gather(
             poll_native(self._client, name, server, kind, self._health_timeout),
             self._probe_agent(server.health_base, name, found.agent_seen) if probe_agent else _nothing())
         if probe_agent:
             self._note_agent(state, agent)
         sample = polled.sample if agent is None else combine(polled.sample, agent)
-        self._registry.record_signals(name, polled.load, polled.slots, polled.kind)
+        self._registry.record_signals(name, polled.load, polled.slots, polled.kind, mark)
         url = server.health_base + "/llmhealth" if found.agent_seen else server.model_base
         self._registry.record_health(name, sample, url)
 

@@ -21,6 +21,12 @@ from .pace import Pace
 INSTANCES_REMEMBERED = 256  # model names per backend whose instance list is kept
 
 
+@dataclass(frozen=True)
+class PollMark:
+    inflight: dict[str, int]
+    pinned: frozenset[int]
+
+
 @dataclass
 class Discovery:
     """What polls found out about a server beyond its load: whether an /llmhealth agent
@@ -201,13 +207,26 @@ class Registry:
     def slot(self, name: str, instance: str, pinned: int | None = None) -> InflightSlot:
         return InflightSlot(self._states[name], instance, pinned, self.on_release, self._clock.monotonic)
 
-    def record_signals(self, name: str, load: BackendLoad | None, slots: SlotsInfo | None, kind: str) -> None:
+    def poll_mark(self, name: str) -> PollMark:
+        """Our own share of a server's work as a poll is sent (see ``record_signals``)."""
+        state = self._states[name]
+        return PollMark(dict(state.inflight), frozenset(state.pinned))
+
+    def record_signals(self, name: str, load: BackendLoad | None, slots: SlotsInfo | None, kind: str,
+                       mark: PollMark | None = None) -> None:
+        """A poll's answer. Our share of it is what we had in flight when it was sent *or*
+        when it came back: a request of ours that ended in between may still show busy in
+        the answer (the server wrote it first), and must not read as another client's."""
         state = self._states.get(name)
         if state is not None:
             state.load, state.slots, state.kind = load, slots, kind
             state.load_at = self._clock.monotonic()
-            state.inflight_at_poll = dict(state.inflight)
-            state.pinned_at_poll = frozenset(state.pinned)
+            inflight, pinned = dict(state.inflight), frozenset(state.pinned)
+            if mark is not None:
+                for instance, count in mark.inflight.items():
+                    inflight[instance] = max(inflight.get(instance, 0), count)
+                pinned |= mark.pinned
+            state.inflight_at_poll, state.pinned_at_poll = inflight, pinned
 
     def record_failure(self, name: str, circuit_failures: int, circuit_open_s: float) -> None:
         """A request failed before its first byte: suspect now, circuit open after a run of them."""
