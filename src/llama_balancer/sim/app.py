@@ -8,7 +8,6 @@ from aiohttp import web
 
 from . import completions, control, info, passthrough
 from .completions import STATE_KEY, json_response
-from .parse import SimHTTPError
 from .state import SimState
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -39,21 +38,43 @@ ROUTES: tuple[tuple[str, str, Handler], ...] = (
 )
 
 
+NOT_FOUND = {"error": {"message": "File Not Found", "type": "not_found_error", "code": 404}}
+
+
 @web.middleware
 async def _llama_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Unknown paths (and methods) answer llama-server's 404 JSON, not aiohttp's text."""
     try:
         return await handler(request)
     except (web.HTTPNotFound, web.HTTPMethodNotAllowed):
-        err = SimHTTPError(404, "File Not Found", "not_found_error")
-        return json_response(err.body(), status=404)
+        return json_response(NOT_FOUND, status=404)
+
+
+def _last_on_connection(request: web.Request, max_requests: int) -> bool:
+    """Whether this is the connection's ``max_requests``-th request (0: no limit). aiohttp
+    counts them per connection (a private field: without it, no limit)."""
+    count = getattr(request.protocol, "_request_count", 0)
+    return max_requests > 0 and isinstance(count, int) and count >= max_requests
 
 
 async def _llama_headers(request: web.Request, response: web.StreamResponse) -> None:
-    """Headers every llama-server response carries, plus which sim answered."""
-    response.headers["Server"] = "llama.cpp"
-    response.headers["Access-Control-Allow-Origin"] = ""
-    response.headers["X-Sim-Server"] = request.app[STATE_KEY].config.name
+    """Headers every llama-server response carries, plus which sim answered, and no Date
+    (aiohttp's; llama-server sends none). Like the real one, an error answer (4xx, 5xx) and a
+    connection's last request close the connection; any other answer names the keep-alive
+    limits. Runs after aiohttp has prepared the headers, just before they are written."""
+    cfg = request.app[STATE_KEY].config
+    headers = response.headers
+    headers["Server"] = "llama.cpp"
+    headers["Access-Control-Allow-Origin"] = ""
+    headers["X-Sim-Server"] = cfg.name
+    headers.popall("Date", None)
+    if response.status >= 400 or _last_on_connection(request, cfg.keepalive_max_requests):
+        response.force_close()
+        headers["Connection"] = "close"
+    elif request.keep_alive and response.keep_alive is not False:
+        timeout = cfg.keepalive_timeout_s if cfg.keepalive_timeout_s > 0 else 75
+        limit = f", max={cfg.keepalive_max_requests}" if cfg.keepalive_max_requests > 0 else ""
+        response.headers["Keep-Alive"] = f"timeout={timeout:g}{limit}"
 
 
 def build_app(state: SimState) -> web.Application:

@@ -127,7 +127,6 @@ async def _entry_fault(state: SimState) -> None:
 def _stream_response(instance: str) -> web.StreamResponse:
     resp = web.StreamResponse(status=200)
     resp.headers["Content-Type"] = "text/event-stream"
-    resp.headers["Cache-Control"] = "no-cache"
     resp.headers["X-Accel-Buffering"] = "no"
     resp.headers["X-Sim-Instance"] = instance
     resp.enable_chunked_encoding()

@@ -36,6 +36,12 @@ class SimConfig:
     # restored into whichever slot a later request with that prefix gets. Counted in
     # prompts here (the real one counts MiB); 0 = off, like --cache-ram 0.
     cache_ram_prompts: int = 0
+    # A real llama-server (cpp-httplib) closes an idle keep-alive connection after 5 s and
+    # every connection after its 100th request, and says so in a "Keep-Alive: timeout=5,
+    # max=100" header. The timeout is read once, at start; <= 0 leaves aiohttp's (75 s).
+    # max 0 = no limit.
+    keepalive_timeout_s: float = 5.0
+    keepalive_max_requests: int = 100
 
     def __post_init__(self) -> None:
         check_fault(self.fault)
@@ -113,6 +119,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-ram-prompts", type=int, default=0,
                    help="evicted slot prompts kept in host memory and restored, like llama-server's "
                         "--cache-ram (default 0: off)")
+    p.add_argument("--keepalive-timeout", type=float, default=5.0,
+                   help="seconds an idle keep-alive connection stays open (llama-server: 5)")
+    p.add_argument("--keepalive-max", type=int, default=100,
+                   help="requests per connection before it is closed (llama-server: 100; 0: no limit)")
     return p
 
 
@@ -135,5 +145,7 @@ def parse_args(argv: list[str] | None = None) -> CliOptions:
         llmhealth=ns.llmhealth,
         chunk_delay_s=ns.chunk_delay,
         cache_ram_prompts=ns.cache_ram_prompts,
+        keepalive_timeout_s=ns.keepalive_timeout,
+        keepalive_max_requests=ns.keepalive_max,
     )
     return CliOptions(config=config, host=ns.host, port=ns.port)

@@ -106,7 +106,7 @@ def _start_task(pool: SlotPool, slot: Slot, run: Run) -> None:
     slot.cache_n = run.cache_n
     slot.n_predict = run.n_predict
     slot.n_decoded = 0
-    slot.stream = job.stream
+    slot.params = job.slot_params()
 
 
 def _finish_task(state: SimState, run: Run, slot: Slot) -> None:

@@ -1,8 +1,12 @@
 """Response bodies and stream events, in the shapes llama-server sends them.
 
 Chat (/v1/chat/completions) and text (/v1/completions) streams are OpenAI SSE ending in
-``data: [DONE]``; the native /completion stream sends ``{"content", "stop": false}`` events
-and a last ``"stop": true`` event, with no [DONE].
+``data: [DONE]``; the native /completion stream sends ``{"content", "tokens", "stop": false}``
+events and a last ``"stop": true`` event, with no [DONE]. Where usage and timings go follows
+the real server: a chat stream's finish chunk carries ``timings``, unless
+``stream_options.include_usage`` asks for a usage chunk (``choices: []``), which then carries
+both; a text stream's finish chunk always carries ``usage`` and ``timings``, and no usage
+chunk follows. tests/real/test_contract.py holds these shapes to a real llama-server's.
 """
 
 from __future__ import annotations
@@ -25,8 +29,7 @@ def sse(obj: dict[str, Any]) -> bytes:
 
 
 def _ident(run: Run) -> str:
-    prefix = "chatcmpl" if run.job.kind == CHAT else "cmpl"
-    return f"{prefix}-sim{run.task_id}"
+    return f"chatcmpl-sim{run.task_id}"  # llama-server says chatcmpl- for text completions too
 
 
 def _envelope(run: Run, obj: str, choices: list[dict[str, Any]]) -> dict[str, Any]:
@@ -51,7 +54,7 @@ def _native_final(run: Run, content: str) -> dict[str, Any]:
         "model": job.instance,
         "tokens_predicted": len(run.pieces),
         "tokens_evaluated": len(job.tokens),
-        "generation_settings": {"n_predict": run.n_predict, "stream": job.stream},
+        "generation_settings": job.generation_settings(),
         "prompt": job.prompt_text,
         "has_new_line": False,
         "truncated": False,
@@ -92,9 +95,9 @@ def opening_events(run: Run) -> list[dict[str, Any]]:
 def token_event(run: Run, piece: str) -> dict[str, Any]:
     """The event that carries one generated token."""
     kind = run.job.kind
-    if kind == NATIVE:
-        return {"index": 0, "content": piece, "tokens": [], "stop": False,
-                "id_slot": run.slot_id, "tokens_predicted": len(run.pieces),
+    if kind == NATIVE:  # a partial result: the real server says id_slot -1 until the end
+        return {"index": 0, "content": piece, "tokens": [token_id(len(run.pieces) - 1)], "stop": False,
+                "id_slot": -1, "tokens_predicted": len(run.pieces),
                 "tokens_evaluated": len(run.job.tokens)}
     if kind == CHAT:
         choice = {"index": 0, "finish_reason": None, "delta": {"content": piece}}
@@ -104,24 +107,31 @@ def token_event(run: Run, piece: str) -> dict[str, Any]:
 
 
 def closing_events(run: Run) -> list[dict[str, Any]]:
-    """Events after the last token: finish (with timings), then usage if asked for."""
+    """Events after the last token: the finish chunk, and for chat with include_usage a usage
+    chunk; ``timings`` ride on the last of them (see the module docstring)."""
     kind = run.job.kind
     if kind == NATIVE:
         return [_native_final(run, "")]
-    if kind == CHAT:
-        obj = "chat.completion.chunk"
-        choice: dict[str, Any] = {"index": 0, "finish_reason": run.finish_reason, "delta": {}}
-    else:
-        obj = "text_completion"
+    if kind != CHAT:
         choice = {"index": 0, "finish_reason": run.finish_reason, "text": "", "logprobs": None}
-    finish = _envelope(run, obj, [choice])
-    finish["timings"] = run.timings()
-    events = [finish]
-    if run.job.include_usage:
-        usage = _envelope(run, obj, [])
-        usage["usage"] = run.usage()
-        events.append(usage)
-    return events
+        finish = _envelope(run, "text_completion", [choice])
+        finish["usage"] = run.usage()
+        finish["timings"] = run.timings()
+        return [finish]
+    choice = {"index": 0, "finish_reason": run.finish_reason, "delta": {}}
+    finish = _envelope(run, "chat.completion.chunk", [choice])
+    if not run.job.include_usage:
+        finish["timings"] = run.timings()
+        return [finish]
+    usage = _envelope(run, "chat.completion.chunk", [])
+    usage["usage"] = run.usage()
+    usage["timings"] = run.timings()
+    return [finish, usage]
+
+
+def token_id(index: int) -> int:
+    """A token id for the index-th generated token (the toy tokenizer has none of its own)."""
+    return 1000 + index
 
 
 def terminator(run: Run) -> bytes:

@@ -8,8 +8,8 @@ from aiohttp import web
 
 from .completions import STATE_KEY, json_response
 from .metrics import render_metrics
+from .params import slot_params
 from .parse import SimHTTPError
-from .state import SimState
 
 CHAT_TEMPLATE = "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}\n{% endfor %}"
 
@@ -19,28 +19,36 @@ async def handle_health(request: web.Request) -> web.Response:
     return json_response({"status": "ok"})
 
 
-def _generation_settings(state: SimState) -> dict[str, Any]:
-    cfg = state.config
-    return {
-        "id": 0,
-        "id_task": -1,
-        "n_ctx": cfg.ctx_per_slot,
-        "speculative": False,
-        "is_processing": False,
-        "params": {"n_predict": -1, "stream": True, "temperature": 0.8},
-    }
+def _template_caps() -> dict[str, bool]:
+    caps = ("object_arguments", "parallel_tool_calls", "preserve_reasoning", "reasoning_effort",
+            "string_content", "system_role", "tool_calls", "tools", "typed_content")
+    return {f"supports_{cap}": cap in ("string_content", "system_role") for cap in caps}
 
 
 async def handle_props(request: web.Request) -> web.Response:
+    """Server properties in a real llama-server's shape; ``total_slots`` counts every instance."""
     state = request.app[STATE_KEY]
     cfg = state.config
     return json_response({
-        "default_generation_settings": _generation_settings(state),
+        "default_generation_settings": {"params": slot_params(), "n_ctx": cfg.ctx_per_slot},
         "total_slots": cfg.slots * len(state.instances),
+        "model_alias": state.instances[0],
+        "model_ftype": "F16",
         "model_path": f"/models/{state.instances[0]}.gguf",
-        "modalities": {"vision": False, "audio": False},
+        "modalities": {"vision": False, "video": False, "audio": False},
+        "media_marker": "<__media_sim__>",
+        "endpoint_slots": True,
+        "endpoint_props": False,
+        "endpoint_metrics": True,
+        "ui": True,
+        "ui_settings": {},
         "chat_template": CHAT_TEMPLATE,
+        "chat_template_caps": _template_caps(),
+        "bos_token": "<s>",
+        "eos_token": "<|im_end|>",
         "build_info": "sim",
+        "is_sleeping": False,
+        "cors_proxy_enabled": False,
     })
 
 
@@ -57,9 +65,11 @@ def _ollama_entry(name: str) -> dict[str, Any]:
 async def handle_models(request: web.Request) -> web.Response:
     """Every instance of every model, in both the Ollama and the OpenAI lists."""
     state = request.app[STATE_KEY]
-    data = [{"id": name, "object": "model", "created": state.created,
-             "owned_by": "llamacpp", "aliases": [name],
-             "meta": {"n_ctx_train": state.config.ctx_per_slot}}
+    ctx = state.config.ctx_per_slot
+    meta = {"vocab_type": 1, "n_vocab": 32000, "n_ctx": ctx, "n_ctx_train": ctx, "n_embd": 128,
+            "n_params": 4424576, "size": 8850432, "ftype": "F16"}
+    data = [{"id": name, "aliases": [name], "tags": [], "object": "model", "created": state.created,
+             "owned_by": "llamacpp", "meta": meta}
             for name in state.instances]
     return json_response({"models": [_ollama_entry(n) for n in state.instances],
                           "object": "list", "data": data})
@@ -78,8 +88,10 @@ async def handle_slots(request: web.Request) -> web.Response:
 async def handle_metrics(request: web.Request) -> web.Response:
     state = request.app[STATE_KEY]
     text = render_metrics(state.stats, state.pools.values())
-    return web.Response(body=text.encode(),
-                        headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+    return web.Response(body=text.encode(), headers={
+        "Content-Type": "text/plain; version=0.0.4",  # no charset, as llama-server sends it
+        "Process-Start-Time-Unix": str(state.created),
+    })
 
 
 async def handle_llmhealth(request: web.Request) -> web.Response:

@@ -38,19 +38,25 @@ class Stats:
         self.n_tokens_max = max(self.n_tokens_max, prompt_n + cache_n + predicted_n)
 
 
+# In llama-server's order, with its help texts.
 _METRICS: tuple[tuple[str, str, str], ...] = (
-    ("prompt_tokens_total", "counter", "Number of prompt tokens processed."),
-    ("prompt_tokens_cached_total", "counter", "Number of prompt tokens served from the cache."),
-    ("prompt_seconds_total", "counter", "Prompt process time"),
-    ("tokens_predicted_total", "counter", "Number of generation tokens processed."),
-    ("tokens_predicted_seconds_total", "counter", "Predict process time"),
-    ("n_decode_total", "counter", "Total number of llama_decode() calls"),
-    ("n_tokens_max", "counter", "Largest observed n_tokens."),
+    ("prompt_tokens_total", "counter", "Number of prompt tokens processed, excluding cached tokens"),
+    ("prompt_tokens_cached_total", "counter", "Number of prompt tokens reused from the cache"),
+    ("prompt_seconds_total", "counter", "Total time spent processing prompts"),
+    ("tokens_predicted_total", "counter", "Number of generation tokens processed"),
+    ("tokens_predicted_seconds_total", "counter", "Total time spent generating tokens"),
+    ("n_decode_total", "counter",
+     "Total number of llama_decode() calls, excluding speculative decoding and multimodal decoding"),
+    ("n_tokens_max", "counter", "Largest observed sequence length (prompt + generation)"),
+    ("spec_decode_num_draft_tokens_total", "counter", "Speculative: Total draft tokens generated"),
+    ("spec_decode_num_accepted_tokens_total", "counter",
+     "Speculative: Total draft tokens accepted by the target model"),
+    ("spec_decode_num_drafts_total", "counter", "Speculative: Total speculative decoding verification steps"),
+    ("prompt_tokens_seconds", "gauge", "Average prompt throughput in tokens/s"),
+    ("predicted_tokens_seconds", "gauge", "Average generation throughput in tokens/s"),
+    ("requests_processing", "gauge", "Number of requests processing"),
+    ("requests_deferred", "gauge", "Number of requests deferred"),
     ("n_busy_slots_per_decode", "gauge", "Average number of busy slots per llama_decode() call"),
-    ("prompt_tokens_seconds", "gauge", "Average prompt throughput in tokens/s."),
-    ("predicted_tokens_seconds", "gauge", "Average generation throughput in tokens/s."),
-    ("requests_processing", "gauge", "Number of requests processing."),
-    ("requests_deferred", "gauge", "Number of requests deferred."),
 )
 
 
@@ -70,6 +76,9 @@ def metric_values(stats: Stats, pools: Iterable[SlotPool]) -> dict[str, float]:
         "tokens_predicted_seconds_total": stats.tokens_predicted_seconds_total,
         "n_decode_total": stats.n_decode_total,
         "n_tokens_max": stats.n_tokens_max,
+        "spec_decode_num_draft_tokens_total": 0,  # the sim never drafts
+        "spec_decode_num_accepted_tokens_total": 0,
+        "spec_decode_num_drafts_total": 0,
         "n_busy_slots_per_decode": busy,
         "prompt_tokens_seconds": _per_second(stats.prompt_tokens_total, stats.prompt_seconds_total),
         "predicted_tokens_seconds": _per_second(
@@ -87,5 +96,5 @@ def render_metrics(stats: Stats, pools: Iterable[SlotPool]) -> str:
         full = f"llamacpp:{name}"
         lines.append(f"# HELP {full} {help_text}")
         lines.append(f"# TYPE {full} {kind}")
-        lines.append(f"{full} {values[name]}")
+        lines.append(f"{full} {values[name]:g}")  # C++ stream formatting: 0, 0.043723, 1.2e+06
     return "\n".join(lines) + "\n"

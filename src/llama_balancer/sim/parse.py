@@ -7,6 +7,7 @@ from typing import Any
 
 import orjson
 
+from .params import DEFAULT_TEMPERATURE, generation_settings, slot_params
 from .state import SimState
 from .tokens import chat_tokens, prompt_tokens
 
@@ -43,6 +44,21 @@ class Job:
     id_slot: int = -1
     cache_prompt: bool = True
     prompt_text: str = ""
+    temperature: float = DEFAULT_TEMPERATURE
+    ignore_eos: bool = False
+
+    def _echoed(self) -> dict[str, Any]:
+        """The request's values a real server echoes in its params (-1: no limit set)."""
+        return {"n_predict": self.max_tokens if self.explicit_limit else -1, "stream": self.stream,
+                "temperature": self.temperature, "ignore_eos": self.ignore_eos}
+
+    def slot_params(self) -> dict[str, Any]:
+        """``params`` of the slot running this job, as ``/slots`` shows them."""
+        return slot_params(**self._echoed())
+
+    def generation_settings(self) -> dict[str, Any]:
+        """A native answer's ``generation_settings``."""
+        return generation_settings(**self._echoed())
 
 
 def decode_body(raw: bytes) -> dict[str, Any]:
@@ -97,6 +113,7 @@ def parse_job(kind: str, body: dict[str, Any], state: SimState) -> Job:
     limit = _limit(kind, body)
     stream_options = body.get("stream_options")
     id_slot = _int_or_none(body.get("id_slot"))
+    temperature = body.get("temperature")
     return Job(
         kind=kind,
         model=body.get("model"),
@@ -110,6 +127,8 @@ def parse_job(kind: str, body: dict[str, Any], state: SimState) -> Job:
         id_slot=-1 if id_slot is None else id_slot,
         cache_prompt=body.get("cache_prompt") is not False,
         prompt_text=body["prompt"] if isinstance(body.get("prompt"), str) else "",
+        temperature=DEFAULT_TEMPERATURE if _int_or_none(temperature) is None else float(temperature),
+        ignore_eos=body.get("ignore_eos") is True,
     )
 
 

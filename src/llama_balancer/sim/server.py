@@ -69,8 +69,9 @@ async def start_sim(cfg: SimConfig, host: str = "127.0.0.1", port: int = 0) -> R
     With cfg.fault == "refuse" the port is bound once (so it is known) and closed again.
     """
     state = SimState(cfg)
+    keepalive = {"keepalive_timeout": cfg.keepalive_timeout_s} if cfg.keepalive_timeout_s > 0 else {}
     runner = web.AppRunner(build_app(state), handler_cancellation=True, access_log=None,
-                           shutdown_timeout=SHUTDOWN_TIMEOUT_S)
+                           shutdown_timeout=SHUTDOWN_TIMEOUT_S, **keepalive)
     await runner.setup()
     listener = Listener(runner, host, port)
     try:

@@ -46,7 +46,7 @@ class Slot:
     cache_n: int = 0
     n_predict: int = 0
     n_decoded: int = 0
-    stream: bool = False
+    params: dict[str, Any] = field(default_factory=dict)  # the last task's, as /slots shows them
     used: bool = False
 
     def reuse_len(self, tokens: list[str]) -> int:
@@ -71,9 +71,10 @@ class Slot:
             n_prompt_tokens=self.n_prompt,
             n_prompt_tokens_processed=self.prompt_n,
             n_prompt_tokens_cache=self.cache_n,
-            params={"n_predict": self.n_predict, "stream": self.stream},
+            params=self.params,
             next_token=[{
                 "has_next_token": self.busy and remain > 0,
+                "has_new_line": False,
                 "n_remain": remain,
                 "n_decoded": self.n_decoded,
             }],
