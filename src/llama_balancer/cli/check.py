@@ -10,7 +10,7 @@ from ..core.config import Config, config_from_data, unknown_top_level_keys
 from ..core.errors import ConfigError
 
 
-def check_config(path: str) -> int:
+def check_config(path: str, probe: bool = False) -> int:
     try:
         raw = Path(path).read_bytes()
     except OSError as exc:

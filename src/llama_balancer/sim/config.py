@@ -97,23 +97,30 @@ class CliOptions:
 
 def build_parser() -> argparse.ArgumentParser:
     """The `sim-backend` argument parser (also used by the balancer's own cli)."""
-    p = argparse.ArgumentParser(prog="sim-backend", description="Simulated llama-server.")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8081)
-    p.add_argument("--name", default="sim")
+    p = argparse.ArgumentParser(prog="sim-backend", description="Run one simulated llama-server (slots, prompt "
+                                "cache, timings, faults) until SIGINT or SIGTERM.")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    p.add_argument("--port", type=int, default=8081, help="port to listen on (default: %(default)s)")
+    p.add_argument("--name", default="sim", help="server name shown in X-Sim-Server and logs (default: %(default)s)")
     p.add_argument("--model", action="append", dest="models", metavar="NAME",
                    help="model name served (repeatable; default sim-model)")
-    p.add_argument("--instances", type=int, default=1)
-    p.add_argument("--slots", type=int, default=2, help="slots per instance")
-    p.add_argument("--prompt-tps", type=float, default=2000.0)
-    p.add_argument("--gen-tps", type=float, default=100.0)
+    p.add_argument("--instances", type=int, default=1,
+                   help="copies of each model, served as NAME, NAME-2, ... (default: %(default)s)")
+    p.add_argument("--slots", type=int, default=2, help="slots per instance (default: %(default)s)")
+    p.add_argument("--prompt-tps", type=float, default=2000.0,
+                   help="simulated prompt processing, tokens per second (default: %(default)s)")
+    p.add_argument("--gen-tps", type=float, default=100.0,
+                   help="simulated generation, tokens per second (default: %(default)s)")
     p.add_argument("--fast", action="store_true", help="no simulated delays at all")
-    p.add_argument("--max-tokens", type=int, default=16, help="default tokens to generate")
-    p.add_argument("--ctx", type=int, default=8192, help="context size per slot")
-    p.add_argument("--fault", choices=FAULTS, default=None)
-    p.add_argument("--stall-s", type=float, default=3600.0)
-    p.add_argument("--drop-after", type=int, default=2, help="SSE events before a drop")
-    p.add_argument("--llmhealth", choices=LLMHEALTH_MODES, default=None)
+    p.add_argument("--max-tokens", type=int, default=16, help="default tokens to generate (default: %(default)s)")
+    p.add_argument("--ctx", type=int, default=8192, help="context size per slot (default: %(default)s)")
+    p.add_argument("--fault", choices=FAULTS, default=None,
+                   help="answer every completion with this fault (default: none)")
+    p.add_argument("--stall-s", type=float, default=3600.0,
+                   help="how long the stall fault holds a request (default: %(default)s)")
+    p.add_argument("--drop-after", type=int, default=2, help="SSE events before a drop (default: %(default)s)")
+    p.add_argument("--llmhealth", choices=LLMHEALTH_MODES, default=None,
+                   help="what /llmhealth answers (default: idle or busy, from the slots)")
     p.add_argument("--chunk-delay", type=float, default=None,
                    help="fixed seconds between streamed tokens (overrides --gen-tps)")
     p.add_argument("--cache-ram-prompts", type=int, default=0,
