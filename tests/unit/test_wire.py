@@ -140,3 +140,35 @@ async def test_an_answer_that_fails_between_its_head_and_the_relay_fails_the_rel
         await conn.relay(Recorder(), b"H|", exchange())
     assert failure.value.kind == "timeout"
     assert pool.idle_connections == 0
+
+
+# --- strict framing: llhttp refuses what must never reach a client -------------------------
+
+@pytest.mark.parametrize("head", [
+    b"HTTP/1.1 200 OK\r\nX-A: a\nSet-Cookie: x\r\nContent-Length: 0\r\n\r\n",  # bare LF: header injection
+    b"HTTP/1.1 200 OK\r\nX-A: a\rb\r\nContent-Length: 0\r\n\r\n",  # bare CR
+    b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",  # conflicting lengths
+    b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",  # both framings
+])
+async def test_a_malformed_answer_head_fails_before_any_byte_reaches_the_client(head):
+    pool, conn, upstream = connection()
+    started = conn.start(b"req", "backend", None)
+    conn.data_received(head)
+    with pytest.raises(UpstreamError) as failure:
+        await started
+    assert failure.value.kind == "protocol" and upstream.closed  # 502 upstream of the client, no reuse
+    assert pool.idle_connections == 0
+
+
+@pytest.mark.parametrize("size_line", [b"0x3", b"1_0", b"-1", b"+3", b"3 \n"])
+async def test_a_bad_chunk_size_mid_answer_fails_the_relay_and_is_never_relayed(size_line):
+    pool, conn, upstream = await answered(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+    client = Recorder()
+    done = conn.relay(client, b"HEAD\r\n\r\n", exchange())
+    conn.data_received(b"2\r\nok\r\n")
+    conn.data_received(size_line + b"\r\nabc\r\n0\r\n\r\n")
+    with pytest.raises(UpstreamError) as failure:
+        await done
+    assert failure.value.kind == "protocol" and upstream.closed
+    assert bytes(client.written) == b"HEAD\r\n\r\n2\r\nok\r\n"  # the bad piece never crossed
+    assert pool.idle_connections == 0

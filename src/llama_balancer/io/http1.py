@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
+import httptools
+
 from .headers import HOP_BY_HOP
 
 
@@ -34,44 +36,92 @@ class AnswerHead:
         return self.status >= 200 and self.status not in (204, 304)
 
 
-def parse_answer_head(head: bytes) -> AnswerHead:
-    """The head of an answer (without the blank line); raises ValueError when malformed.
+class AnswerFraming:
+    """llhttp (``httptools``, strict) reads every byte of one backend answer: its head, then
+    each piece of its body as it passes through.
 
-    The lines a client may see are picked out in the same pass: hop-by-hop headers, and any
-    the answer names in ``Connection``, never cross."""
-    lines = head.decode("latin-1").split("\r\n")
-    version, _, rest = lines[0].partition(" ")
-    code, _, reason = rest.partition(" ")
-    if not version.startswith("HTTP/1.") or len(code) != 3:
-        raise ValueError(f"not an HTTP/1.x status line: {lines[0][:80]!r}")
+    What llhttp refuses never reaches a client as if it were sound: a bare CR or LF in the
+    head (response-header injection), duplicate or conflicting ``Content-Length``,
+    ``Content-Length`` with ``Transfer-Encoding``, a chunk size that is not plain hex
+    (``0x3``, ``1_0``, ``-1``), LF-only chunk lines. ``ChunkedScanner`` only locates the end
+    of an answer llhttp accepts (llhttp does not say at which byte a message ended).
+    """
+
+    __slots__ = ("_parser", "_reason", "_headers", "_status", "_keep_alive", "head_done", "complete")
+
+    def __init__(self) -> None:
+        self._parser = httptools.HttpResponseParser(self)
+        self._reason = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._status, self._keep_alive = 0, False
+        self.head_done = False
+        self.complete = False  # the answer's last byte was read
+
+    # llhttp's callbacks
+    def on_status(self, status: bytes) -> None:
+        self._reason += status
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        # Read now: once the message completes (an empty body: at once) llhttp resets them.
+        self._status, self._keep_alive = self._parser.get_status_code(), self._parser.should_keep_alive()
+        self.head_done = True
+
+    def on_message_complete(self) -> None:
+        self.complete = True
+
+    def head(self, head: bytes) -> AnswerHead:
+        """The answer's head (without the blank line); ValueError when llhttp refuses it."""
+        self._feed(head + b"\r\n\r\n")
+        if not self.head_done:
+            raise ValueError("incomplete answer head")
+        return _answer_head(self._status, self._keep_alive, self._reason, self._headers)
+
+    def body(self, data: bytes) -> None:
+        """Check a piece of the body; ValueError when llhttp refuses it (or bytes follow the
+        answer's end in the same piece, which the caller cuts off)."""
+        self._feed(data)
+
+    def _feed(self, data: bytes) -> None:
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            if not self.complete:  # bytes past a complete answer are the caller's to cut
+                raise ValueError(str(exc) or type(exc).__name__) from None
+
+
+def parse_answer_head(head: bytes) -> AnswerHead:
+    """The head of an answer (without the blank line), read by llhttp; ValueError when
+    malformed. See ``AnswerFraming`` to check the body that follows too."""
+    return AnswerFraming().head(head)
+
+
+def _answer_head(status: int, keep_alive: bool, reason: bytes, headers: list[tuple[bytes, bytes]]) -> AnswerHead:
+    """Our view of a head llhttp accepted. The lines a client may see are picked out in the
+    same pass: hop-by-hop headers, and any the answer names in ``Connection``, never cross."""
     relayed: list[tuple[str, str]] = []
     named: set[str] = set()
     length, chunked, coding = -1, False, ""
-    keep_alive = version == "HTTP/1.1"
-    for line in lines[1:]:
-        name, sep, value = line.partition(":")
-        if not sep:
-            raise ValueError(f"malformed header line: {line[:80]!r}")
-        value = value.strip()
+    for raw_name, raw_value in headers:
+        name, value = raw_name.decode("latin-1"), raw_value.decode("latin-1").strip()
         low = name.lower()
         if low not in _NOT_RELAYED:
             relayed.append((low, f"{name}: {value}"))
         elif low == "content-length":
-            length = int(value)
+            length = int(value)  # llhttp checked: digits, one value
         elif low == "transfer-encoding":
             coding = value
             chunked = value.lower().endswith("chunked")
         elif low == "connection":
-            tokens = {token.strip() for token in value.lower().split(",")}
-            keep_alive = "close" not in tokens and (keep_alive or "keep-alive" in tokens)
-            named |= tokens - _CONNECTION_OPTIONS
-    status = int(code)
+            named |= {token.strip() for token in value.lower().split(",")} - _CONNECTION_OPTIONS
     if chunked:
         length = -1
     elif length < 0:
         keep_alive = False  # the body ends when the backend closes
     lines_out = [text for low, text in relayed if low not in named] if named else [text for _, text in relayed]
-    return AnswerHead(status, reason, lines_out, length, chunked, keep_alive, coding)
+    return AnswerHead(status, reason.decode("latin-1"), lines_out, length, chunked, keep_alive, coding)
 
 
 class ChunkedScanner:

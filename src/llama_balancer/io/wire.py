@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from ..core.errors import UpstreamError, UpstreamTimeout
 from ..core.usage import TAIL_BYTES
 from ..state.exchange import Exchange
-from .http1 import AnswerHead, ChunkedScanner, parse_answer_head
+from .http1 import AnswerFraming, AnswerHead, ChunkedScanner
 
 if TYPE_CHECKING:
     from .wire_pool import WirePool
@@ -44,6 +44,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._done: asyncio.Future[None] | None = None
         self._remaining = 0
         self._scanner: ChunkedScanner | None = None
+        self._framing: AnswerFraming | None = None  # llhttp, checking every byte of the answer
         self._exchange: Exchange | None = None
         self._kept = 0
         self._got_bytes = False
@@ -171,8 +172,9 @@ class UpstreamConnection(asyncio.Protocol):
                 self._fail(UpstreamError(f"{self._where} sent a head over {MAX_HEAD_BYTES} bytes",
                                          kind="protocol", server=self._pool_server()))
             return
+        framing = AnswerFraming()
         try:
-            answer = parse_answer_head(bytes(buf[:end]))
+            answer = framing.head(bytes(buf[:end]))
         except ValueError as exc:
             self._fail(UpstreamError(f"{self._where} sent a malformed answer: {exc}", kind="protocol",
                                      server=self._pool_server()))
@@ -184,7 +186,7 @@ class UpstreamConnection(asyncio.Protocol):
                 buf.clear()
                 self._read_head(rest)
             return
-        self._answer = answer
+        self._answer, self._framing = answer, framing
         if len(buf) > end + 4:
             self._pending.append(bytes(buf[end + 4:]))
         buf.clear()
@@ -199,9 +201,14 @@ class UpstreamConnection(asyncio.Protocol):
         if ex.first_byte is None:
             ex.first_byte = time.monotonic()
         end = -1
+        framing = self._framing
         try:
+            if framing is not None:
+                framing.body(data)  # llhttp refuses what must never be relayed
             if self._scanner is not None:
                 end = self._scanner.feed(data, self._keep)
+                if (end >= 0) != (framing is not None and framing.complete):
+                    raise ValueError("the answer's end is unclear")
             elif self._remaining >= 0:
                 if len(data) >= self._remaining:
                     end = self._remaining
@@ -210,7 +217,7 @@ class UpstreamConnection(asyncio.Protocol):
             else:
                 self._keep(data)
         except ValueError as exc:
-            self._fail(UpstreamError(f"{self._where} sent broken chunked framing: {exc}", kind="protocol",
+            self._fail(UpstreamError(f"{self._where} sent a malformed answer body: {exc}", kind="protocol",
                                      server=self._pool_server()))
             return
         if end >= 0 and end < len(data):
@@ -258,7 +265,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def _reset(self) -> None:
         self._head = self._done = None
-        self._answer = self._sink = self._scanner = self._exchange = None
+        self._answer = self._sink = self._scanner = self._exchange = self._framing = None
         self._pending = []
         self._head_buf.clear()
         self._kept = 0
