@@ -131,6 +131,12 @@ class BalancerOptions(BaseModel):
     max_headers: int = Field(128, ge=8)
     drain_grace_s: float = Field(30.0, ge=0)
     config_poll_interval_s: float = Field(2.0, gt=0)
+    # A model name no server of its route lists (while at least one list is known): routed
+    # as before ("fallback", the old tool's way) or answered 404 model_not_found ("reject").
+    unknown_model: Literal["fallback", "reject"] = "fallback"
+    # Browser origins (scheme://host[:port]) allowed to call the API, or "*"; preflights are
+    # then answered by the balancer. Empty: CORS is the backends' business, as before.
+    cors_origins: list[str] = Field(default_factory=list)
     routing: RoutingOptions = Field(default_factory=RoutingOptions)
 
     @field_validator("trusted_proxies")
@@ -143,6 +149,17 @@ class BalancerOptions(BaseModel):
                 except ValueError:
                     raise ValueError(f"expected IP addresses or CIDR networks (or \"*\"), got {entry!r}") from None
         return value
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _valid_origins(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            parts = urlsplit(entry)
+            if entry != "*" and (parts.scheme not in ("http", "https") or not parts.hostname
+                                 or parts.path or parts.query or parts.fragment):
+                raise ValueError(f"expected origins like https://chat.example.com (scheme, host, optional port; "
+                                 f"no path) or \"*\", got {entry!r}")
+        return [entry.lower() for entry in value]
 
 
 class AuthConfig(BaseModel):
@@ -220,13 +237,15 @@ def parse_config(raw: bytes | str) -> Config:
 def config_from_data(data: Any) -> Config:
     if not isinstance(data, dict):
         raise ConfigError([f"(root): expected a JSON object, got {_type_name(data)}"])
+    problems: list[str] = []
     try:
         # by_name=False: a typo such as ``model_port`` must be refused as an unknown field,
         # not taken for ``model-port`` (populate_by_name is only for constructing in code).
         config = Config.model_validate(data, by_alias=True, by_name=False)
     except ValidationError as exc:
-        raise ConfigError([_describe(err) for err in exc.errors()]) from None
-    problems = _cross_check(config)
+        problems = [_describe(err) for err in exc.errors()]
+    # References are checked on the file's data, so they are reported with the type errors.
+    problems += [problem for problem in _cross_check(data) if problem not in problems]
     if problems:
         raise ConfigError(problems)
     return config
@@ -237,21 +256,30 @@ def unknown_top_level_keys(data: dict[str, Any]) -> list[str]:
     return [key for key in data if key not in Config.model_fields]
 
 
-def _cross_check(config: Config) -> list[str]:
+def _cross_check(data: dict[str, Any]) -> list[str]:
+    """Patterns that do not compile and names of servers that do not exist, read from the
+    data as given (whatever else is wrong with it); values of the wrong type are the type
+    check's to report."""
     problems: list[str] = []
-    for pattern, names in config.models.items():
+    servers = data.get("servers")
+    known = set(servers) if isinstance(servers, dict) else None
+    models = data.get("models")
+    for pattern, names in (models.items() if isinstance(models, dict) else ()):
         where = format_path(("models", pattern))
         try:
             re.compile(pattern)
         except re.error as exc:
             problems.append(f"{where}: invalid regular expression: {exc}")
+        if not isinstance(names, list):
+            continue
         if not names:
             problems.append(f"{where}: expected at least one server name")
         for index, name in enumerate(names):
-            if name not in config.servers:
+            if isinstance(name, str) and known is not None and name not in known:
                 problems.append(f"{format_path(('models', pattern, index))}: unknown server {name!r}")
-    if config.fallback_server is not None and config.fallback_server not in config.servers:
-        problems.append(f"fallback_server: unknown server {config.fallback_server!r}")
+    fallback = data.get("fallback_server")
+    if isinstance(fallback, str) and known is not None and fallback not in known:
+        problems.append(f"fallback_server: unknown server {fallback!r}")
     return problems
 
 
@@ -285,6 +313,7 @@ _MESSAGES = {
     "greater_than_equal": "must be at least {ge}",
     "less_than_equal": "must be at most {le}",
     "too_short": "must not be empty",
+    "literal_error": "expected {expected}",
 }
 
 
