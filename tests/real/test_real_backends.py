@@ -376,3 +376,295 @@ def test_polling_slots_or_metrics_often_keeps_llama_server_generating_for_a_gone
           f"{'stop: cancel task' in polled}, {polled_tokens} tokens")
     assert "stop: cancel task" not in polled
     assert polled_tokens >= 3000, "polled, the server generated every token for a client long gone"
+
+
+# --- 4. timings and usage relayed ---------------------------------------------------------
+
+def sse_events(raw: bytes) -> list[Any]:
+    """An SSE body's ``data:`` payloads, JSON-decoded, ``[DONE]`` kept as the string."""
+    events = []
+    for block in raw.split(b"\n\n"):
+        if block.startswith(b"data: "):
+            data = block[len(b"data: "):]
+            events.append("[DONE]" if data == b"[DONE]" else orjson.loads(data))
+    return events
+
+
+def counters(text: str, server: str) -> dict[str, float]:
+    """Prometheus ``*_total`` samples summed over labels, for one server where labelled."""
+    sums: dict[str, float] = {}
+    for line in text.splitlines():
+        match = re.match(r"([a-z_:]+_total)(\{[^}]*\})? ([0-9.e+-]+)$", line)
+        if match and (match[2] is None or f'server="{server}"' in match[2]):
+            sums[match[1]] = sums.get(match[1], 0.0) + float(match[3])
+    return sums
+
+
+def check_timings(timings: dict[str, Any], prompt_tokens: int, completion_tokens: int) -> None:
+    assert timings["predicted_n"] == completion_tokens
+    assert timings["prompt_n"] + timings["cache_n"] == prompt_tokens
+
+
+async def test_timings_and_usage_reach_the_client_in_every_shape_and_the_token_counters_count_them(
+        llama_servers, balancer, http):
+    server = llama_servers("LS")
+    runtime = await balancer(seed_config(server))
+    await detected(runtime, "LS")
+    client = sdk(runtime)
+    ask = {"model": MODEL, "messages": chat("Be brief.", "Name a fruit."), "max_tokens": 6, "temperature": 0,
+           "extra_body": {"ignore_eos": True}}
+    sent: list[tuple[int, int, dict[str, Any]]] = []  # (prompt, completion, timings) per request
+    direct: list[dict[str, Any]] = []  # timings of the requests sent to the server directly
+
+    # SDK, non-streamed: usage and timings in the body.
+    answer = await client.chat.completions.create(**ask)
+    assert answer.usage.completion_tokens == 6
+    check_timings(timings_of(answer), answer.usage.prompt_tokens, 6)
+    sent.append((answer.usage.prompt_tokens, 6, timings_of(answer)))
+
+    # SDK, streamed without include_usage: timings in the finish chunk, no usage chunk.
+    chunks = [c async for c in await client.chat.completions.create(**ask, stream=True)]
+    finish = [c for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert len(finish) == 1 and finish[0] is chunks[-1] and finish[0].choices[0].finish_reason == "length"
+    assert not any(c.usage for c in chunks)
+    timings = timings_of(finish[0])
+    assert [c.model_extra.get("timings") is not None for c in chunks].count(True) == 1
+    check_timings(timings, answer.usage.prompt_tokens, 6)
+    sent.append((answer.usage.prompt_tokens, 6, timings))
+
+    # SDK, streamed with include_usage: a last chunk with choices [] carries usage and timings.
+    chunks = [c async for c in await client.chat.completions.create(
+        **ask, stream=True, stream_options={"include_usage": True})]
+    last = chunks[-1]
+    assert last.choices == [] and last.usage.completion_tokens == 6
+    assert [c.model_extra.get("timings") is not None for c in chunks].count(True) == 1
+    check_timings(timings_of(last), last.usage.prompt_tokens, 6)
+    assert chunks[-2].choices[0].finish_reason == "length"
+    sent.append((last.usage.prompt_tokens, 6, timings_of(last)))
+
+    # Raw bytes, the same three shapes, checked against what llama-server itself answers.
+    body = {**{k: v for k, v in ask.items() if k != "extra_body"}, "ignore_eos": True}
+    for extra in ({}, {"stream": True}, {"stream": True, "stream_options": {"include_usage": True}}):
+        shapes = []
+        for base in (runtime.url, server.url):
+            async with http.post(base + "/v1/chat/completions", json={**body, **extra}) as response:
+                assert response.status == 200
+                raw = await response.read()
+                kind = response.headers["Content-Type"]
+            if not extra:
+                got = orjson.loads(raw)
+                shapes.append((kind, sorted(got), sorted(got["usage"]), sorted(got["timings"])))
+                prompt, timings = got["usage"]["prompt_tokens"], got["timings"]
+            else:
+                events = sse_events(raw)
+                assert events[-1] == "[DONE]"
+                carrier = [e for e in events[:-1] if "timings" in e]
+                assert len(carrier) == 1
+                if "stream_options" in extra:
+                    assert carrier[0] is events[-2] and carrier[0]["choices"] == [] and "usage" in carrier[0]
+                else:
+                    assert carrier[0]["choices"][0]["finish_reason"] == "length"
+                    assert not any("usage" in e for e in events[:-1])
+                shapes.append((kind, len(events), sorted(carrier[0])))
+                timings = carrier[0]["timings"]
+                prompt = timings["prompt_n"] + timings["cache_n"]
+            check_timings(timings, prompt, 6)
+            if base == runtime.url:
+                sent.append((prompt, 6, timings))
+            else:
+                direct.append(timings)
+        assert shapes[0] == shapes[1], "through the balancer, the answer has the server's own shape"
+
+    # The balancer's counters saw every request's tokens; llama-server's own counters agree.
+    want_prompt = sum(p for p, _, _ in sent)
+    want_completion = sum(c for _, c, _ in sent)
+
+    async def counted() -> dict[str, float]:
+        async with http.get(runtime.url + "/metrics") as response:
+            ours = counters(await response.text(), "LS")
+        return ours if ours.get("llama_balancer_completion_tokens_total") == want_completion else {}
+    ours = await wait_until(counted, timeout=2.0)
+    assert ours["llama_balancer_prompt_tokens_total"] == want_prompt
+    theirs = counters(await asyncio.to_thread(_text, server.url + "/metrics"), "LS")
+    every = [t for _, _, t in sent] + direct
+    assert theirs["llamacpp:tokens_predicted_total"] == want_completion + 6 * len(direct)
+    assert theirs["llamacpp:prompt_tokens_total"] == sum(t["prompt_n"] for t in every), "uncached only"
+    assert theirs["llamacpp:prompt_tokens_cached_total"] == sum(t["cache_n"] for t in every)
+    await client.close()
+    await assert_nothing_in_flight(http, runtime)
+
+
+def _text(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=5) as answer:
+        return answer.read().decode()
+
+
+# --- 5. llama-server's own errors, passed through ----------------------------------------
+
+async def _answer(http: aiohttp.ClientSession, url: str, data: bytes) -> tuple[int, str, bytes]:
+    async with http.post(url, data=data, headers={"Content-Type": "application/json"}) as response:
+        return response.status, response.headers.get("Content-Type", ""), await response.read()
+
+
+async def test_a_prompt_over_the_slot_context_gets_llama_servers_own_400_byte_for_byte(
+        llama_servers, balancer, http):
+    server = llama_servers("LS", ctx=1024)  # 512 tokens a slot
+    runtime = await balancer(seed_config(server))
+    await detected(runtime, "LS")
+    body = orjson.dumps({"model": MODEL, "messages": [{"role": "user", "content": PROMPT_A}], "max_tokens": 4})
+    direct = await _answer(http, server.url + "/v1/chat/completions", body)
+    relayed = await _answer(http, runtime.url + "/v1/chat/completions", body)
+    assert direct[0] == 400
+    error = orjson.loads(direct[2])["error"]
+    assert error["type"] == "exceed_context_size_error" and error["n_ctx"] == 512
+    assert relayed == direct, "status, content type and body bytes exactly as llama-server answered"
+
+    client = sdk(runtime)
+    with pytest.raises(openai.BadRequestError) as caught:
+        await client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": PROMPT_A}],
+                                             max_tokens=4)
+    assert caught.value.status_code == 400
+    assert caught.value.body["type"] == "exceed_context_size_error"
+    await client.close()
+    await assert_nothing_in_flight(http, runtime)
+
+
+async def test_a_body_that_is_not_json_gets_the_balancers_400_where_llama_server_would_answer_500(
+        llama_servers, balancer, http):
+    """Documented difference: llama-server answers a body that is not JSON with 500
+    ``server_error`` (its JSON parser's message); the balancer must read ``model`` to route,
+    so it answers such a body itself, 400 ``invalid_request_error``, and sends nothing to the
+    server. A body that *is* JSON but that llama-server refuses (``messages`` not a list)
+    reaches it and its own 400 comes back unchanged."""
+    server = llama_servers("LS")
+    runtime = await balancer(seed_config(server))
+    await detected(runtime, "LS")
+    broken = b'{"model": "tiny", "messages": ['
+    status, _, raw = await _answer(http, server.url + "/v1/chat/completions", broken)
+    assert status == 500
+    assert orjson.loads(raw)["error"]["type"] == "server_error"
+    assert orjson.loads(raw)["error"]["message"].startswith("[json.exception.parse_error.101]")
+    tasks_before = launches(server)
+    status, kind, raw = await _answer(http, runtime.url + "/v1/chat/completions", broken)
+    assert status == 400 and kind.startswith("application/json")
+    error = orjson.loads(raw)["error"]
+    assert error["message"].startswith("request body is not valid JSON")
+    print("balancer's answer to a non-JSON body:", raw.decode())
+
+    wrong = orjson.dumps({"model": MODEL, "messages": "not a list"})
+    direct = await _answer(http, server.url + "/v1/chat/completions", wrong)
+    assert direct[0] == 400 and orjson.loads(direct[2])["error"]["type"] == "invalid_request_error"
+    assert await _answer(http, runtime.url + "/v1/chat/completions", wrong) == direct
+    assert launches(server) == tasks_before
+    await assert_nothing_in_flight(http, runtime)
+
+
+# --- 6. one server killed mid-traffic -------------------------------------------------------
+
+@dataclass
+class Outcome:
+    request_id: str
+    stream: bool
+    ok: bool = False
+    chunks: int = 0  # content chunks received before the end or the error
+    error: str | None = None
+
+
+async def _one_request(client: openai.AsyncOpenAI, index: int, stream: bool, max_tokens: int) -> Outcome:
+    """One request, judged whole: a success is an answer with every token, a finish reason and
+    usage; anything else the client sees (an exception) is recorded, never raised."""
+    out = Outcome(f"kill-{index:03d}", stream)
+    ask = {"model": MODEL, "messages": chat("Answer at length.", f"Question number {index}?"),
+           "max_tokens": max_tokens, "temperature": 0, "extra_body": {"ignore_eos": True},
+           "extra_headers": {"X-Request-Id": out.request_id}}
+    try:
+        if stream:
+            finish, usage = None, None
+            async for chunk in await client.chat.completions.create(
+                    **ask, stream=True, stream_options={"include_usage": True}):
+                if chunk.choices:
+                    out.chunks += bool(chunk.choices[0].delta.content)
+                    finish = chunk.choices[0].finish_reason or finish
+                usage = chunk.usage or usage
+            out.ok = finish == "length" and usage is not None and usage.completion_tokens == max_tokens
+        else:
+            answer = await client.chat.completions.create(**ask)
+            out.ok = answer.choices[0].finish_reason == "length" and answer.usage.completion_tokens == max_tokens
+        if not out.ok:
+            out.error = "truncated-looking success"
+    except (openai.APIError, httpx2.HTTPError) as exc:
+        cause = exc.__cause__ or exc.__context__
+        out.error = f"{type(exc).__name__}: {exc}" + (f" ({type(cause).__name__}: {cause})" if cause else "")
+    return out
+
+
+async def test_a_server_killed_mid_traffic_fails_only_the_streams_it_was_sending(
+        llama_servers, balancer, http, tmp_path: Path):
+    """60 chat requests, 4 at a time, two thirds streamed, over two llama-servers; server A is
+    SIGKILLed part-way while it serves at least one of them. Every request that had not
+    started answering from A succeeds whole — those caught before their first byte are retried
+    on B — and the only client errors are streams A was sending: each ends in a connection
+    error (never a clean end that looks complete), and the balancer's access log shows it on
+    A with its first byte sent and the outcome ``upstream_error``."""
+    a, b = llama_servers("A"), llama_servers("B")
+    access = tmp_path / "access.jsonl"
+    runtime = await balancer(seed_config(a, b, access_log=str(access)))
+    await detected(runtime, "A", "B")
+    client = sdk(runtime)
+    total, concurrency, max_tokens = 60, 4, 120
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for index in range(total):
+        queue.put_nowait(index)
+    outcomes: list[Outcome] = []
+    streaming: list[Outcome] = []  # in progress, for the kill trigger
+
+    async def worker() -> None:
+        while not queue.empty():
+            index = queue.get_nowait()
+            outcomes.append(await _one_request(client, index, index % 3 != 2, max_tokens))
+
+    async def killer() -> float:
+        registry = runtime.context.registry
+        await wait_until(lambda: len(outcomes) >= 16 and registry.state("A").total >= 1
+                         and registry.state("B").total >= 1, timeout=30.0, interval=0.002)
+        await asyncio.sleep(0.05)  # let A's streams get under way
+        a.kill()
+        return time.monotonic()
+
+    kill = asyncio.create_task(killer())
+    await asyncio.wait_for(asyncio.gather(*(worker() for _ in range(concurrency))), timeout=120)
+    await kill
+    await client.close()
+    assert len(outcomes) == total
+
+    def logged() -> dict[str, dict[str, Any]] | None:
+        lines = access.read_text().splitlines() if access.exists() else []
+        return {e["request_id"]: e for e in map(json.loads, lines)} if len(lines) >= total else None
+    entries = await wait_until(logged, timeout=3.0)
+    failed = [o for o in outcomes if not o.ok]
+    retried = [entries[o.request_id] for o in outcomes if entries[o.request_id]["retries"]]
+    on_a = [o for o in outcomes if entries[o.request_id]["server"] == "A"]
+    print(f"\n{len(outcomes)} requests: {len(on_a)} answered by A, {len(retried)} retried on B, "
+          f"{len(failed)} failed at the client:")
+    for o in failed:
+        e = entries[o.request_id]
+        print(f"  {o.request_id} stream={o.stream} chunks={o.chunks} {o.error!r} | log: server={e['server']} "
+              f"outcome={e['outcome']} status={e['status']} ttft_ms={e['ttft_ms']} retries={e['retries']}")
+    for e in retried:
+        print(f"  retried: {e['request_id']} -> {e['server']} status={e['status']} outcome={e['outcome']} "
+              f"retries={e['retries']} duration_ms={e['duration_ms']}")
+
+    assert any(o.ok for o in on_a), "A served requests before it was killed"
+    for o in failed:
+        e = entries[o.request_id]
+        assert o.stream, f"{o.request_id}: a non-streamed request never had a byte sent, so it is retried"
+        assert o.error != "truncated-looking success", f"{o.request_id} ended as if whole but was not"
+        assert ("RemoteProtocolError" in o.error or "APIConnectionError" in o.error
+                or "ReadError" in o.error), o.error
+        assert e["server"] == "A" and e["ttft_ms"] is not None and e["outcome"] == "upstream_error", e
+        assert e["status"] == 200 and e["retries"] == 0, e
+    for e in retried:
+        assert e["server"] == "B" and e["status"] == 200 and e["outcome"] == "completed", e
+    assert all(o.ok for o in outcomes if entries[o.request_id]["server"] == "B")
+    await wait_until(lambda: runtime.context.registry.state("A").status == "invalid", timeout=2.0)
+    await assert_nothing_in_flight(http, runtime)
