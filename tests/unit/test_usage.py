@@ -1,22 +1,78 @@
-"""Usage read from the tail of an answer: OpenAI usage objects and llama-server timings."""
+"""Usage read from the tail of an answer: OpenAI usage objects and llama-server timings.
+
+The llama-server shapes are copied from a real llama-server (tools/llama_server.py, the
+build tests/real uses): a 37-token prompt sent twice, the second time 36 tokens from the cache.
+"""
 from __future__ import annotations
 
 from llama_balancer.core.usage import Usage, usage_from_tail
 
-JSON_ANSWER = (b'{"choices":[{"message":{"content":"hi"}}],"usage":{"prompt_tokens":37,"completion_tokens":64,'
-               b'"total_tokens":101,"prompt_tokens_details":{"cached_tokens":0}},'
-               b'"timings":{"cache_n":12,"prompt_n":25,"prompt_ms":4.6,"predicted_n":64,"predicted_ms":60.9}}')
+MODEL = b'"model":"tiny-128x2.gguf","system_fingerprint":"b1-0c1e570","object":"chat.completion.chunk"'
+TIMINGS = (b'"timings":{"cache_n":36,"prompt_n":1,"prompt_ms":1.151,"prompt_per_token_ms":1.151,'
+           b'"prompt_per_second":868.8,"predicted_n":4,"predicted_ms":2.468,"predicted_per_token_ms":0.82,'
+           b'"predicted_per_second":1215.5}')
+USAGE = b'"usage":{"completion_tokens":4,"prompt_tokens":37,"total_tokens":41,"prompt_tokens_details":{"cached_tokens":36}}'
+CONTENT = b'data: {"choices":[{"finish_reason":null,"index":0,"delta":{"content":" link"}}],' + MODEL + b'}\n\n'
+FINISH = b'data: {"choices":[{"finish_reason":"length","index":0,"delta":{}}],' + MODEL
+
+WARM = Usage(prompt_tokens=37, completion_tokens=4, cached_tokens=36, generation_ms=2.468)
 
 
-def test_a_json_answer_gives_its_usage_and_the_generation_time():
-    assert usage_from_tail(JSON_ANSWER) == Usage(37, 64, 12, 60.9)
+def test_llama_server_json_answer_gives_the_whole_prompt_and_its_cached_part():
+    answer = b'{"choices":[{"finish_reason":"length","index":0,"message":{"role":"assistant","content":"x"}}],' \
+             + MODEL + b',' + USAGE + b',"id":"chatcmpl-1",' + TIMINGS + b'}'
+    assert usage_from_tail(answer) == WARM
 
 
-def test_a_stream_without_a_usage_chunk_falls_back_to_llama_server_timings():
-    tail = (b'data: {"choices":[{"delta":{"content":" w9"}}]}\n\n'
-            b'data: {"choices":[{"finish_reason":"length","delta":{}}],'
-            b'"timings":{"cache_n":30,"prompt_n":7,"predicted_n":10,"predicted_ms":250.0}}\n\ndata: [DONE]\n\n')
-    assert usage_from_tail(tail) == Usage(37, 10, 30, 250.0)
+def test_a_stream_without_a_usage_chunk_reads_timings_in_the_finish_chunk():
+    # prompt_n is the uncached part only: the whole prompt is prompt_n + cache_n
+    tail = CONTENT + FINISH + b',' + TIMINGS + b'}\n\ndata: [DONE]\n\n'
+    assert usage_from_tail(tail) == WARM
+
+
+def test_a_stream_with_include_usage_reads_usage_and_timings_in_the_final_usage_chunk():
+    # the real server moves timings off the finish chunk into the choices-less usage chunk
+    tail = (CONTENT + FINISH + b'}\n\n'
+            + b'data: {"choices":[],' + MODEL + b',' + USAGE + b',' + TIMINGS + b'}\n\ndata: [DONE]\n\n')
+    assert usage_from_tail(tail) == WARM
+
+
+def test_a_streamed_text_completion_has_usage_and_timings_on_its_finish_chunk():
+    tail = (b'data: {"choices":[{"text":"","index":0,"logprobs":null,"finish_reason":"length"}],'
+            b'"usage":{"completion_tokens":3,"prompt_tokens":14,"total_tokens":17,'
+            b'"prompt_tokens_details":{"cached_tokens":13}},"id":"c-1","timings":{"cache_n":13,"prompt_n":1,'
+            b'"prompt_ms":471.5,"predicted_n":3,"predicted_ms":135.5}}\n\ndata: [DONE]\n\n')
+    assert usage_from_tail(tail) == Usage(14, 3, 13, 135.5)
+
+
+def test_the_native_completion_counts_from_timings_not_tokens_cached():
+    # tokens_cached is the slot's n_past, generated tokens included (16 here): never a prompt count
+    answer = (b'{"content":"abc","stop":true,"tokens_evaluated":14,"tokens_cached":16,'
+              b'"timings":{"cache_n":13,"prompt_n":1,"prompt_ms":931.2,"predicted_n":3,"predicted_ms":1165.6}}')
+    assert usage_from_tail(answer) == Usage(14, 3, 13, 1165.6)
+
+
+def test_a_cold_prompt_has_zero_cached_tokens_not_none():
+    tail = FINISH + b',"timings":{"cache_n":0,"prompt_n":37,"predicted_n":4,"predicted_ms":1570.3}}\n\ndata: [DONE]\n\n'
+    assert usage_from_tail(tail) == Usage(37, 4, 0, 1570.3)
+
+
+def test_an_openai_answer_gives_cached_tokens_as_part_of_prompt_tokens():
+    answer = (b'{"choices":[],"usage":{"prompt_tokens":2006,"completion_tokens":300,"total_tokens":2306,'
+              b'"prompt_tokens_details":{"cached_tokens":1920,"audio_tokens":0},'
+              b'"completion_tokens_details":{"reasoning_tokens":0}}}')
+    assert usage_from_tail(answer) == Usage(2006, 300, 1920, None)
+
+
+def test_an_openai_answer_without_cache_details_leaves_cached_unknown():
+    assert usage_from_tail(b'{"usage":{"prompt_tokens":9,"completion_tokens":5,"total_tokens":14}}') == Usage(9, 5)
+    null = b'{"usage":{"prompt_tokens":9,"completion_tokens":5,"prompt_tokens_details":{"cached_tokens":null}}}'
+    assert usage_from_tail(null) == Usage(9, 5)
+
+
+def test_cached_tokens_never_exceed_the_prompt():
+    assert usage_from_tail(b'{"usage":{"prompt_tokens":9,"completion_tokens":1,'
+                           b'"prompt_tokens_details":{"cached_tokens":12}}}') == Usage(9, 1, 9)
 
 
 def test_the_last_usage_chunk_of_a_stream_wins():
@@ -24,6 +80,12 @@ def test_the_last_usage_chunk_of_a_stream_wins():
             b'data: {"choices":[],"usage":{"prompt_tokens":9,"completion_tokens":5,"total_tokens":14}}\n\n'
             b"data: [DONE]\n\n")
     assert usage_from_tail(tail) == Usage(9, 5, None, None)
+
+
+def test_numbers_inside_generated_text_are_not_read():
+    tail = (b'data: {"choices":[{"delta":{"content":"say \\"prompt_tokens\\": 99 and \\"cache_n\\":5"}}]}\n\n'
+            + FINISH + b',' + TIMINGS + b'}\n\ndata: [DONE]\n\n')
+    assert usage_from_tail(tail) == WARM
 
 
 def test_an_answer_without_numbers_gives_none():
