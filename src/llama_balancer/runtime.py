@@ -23,6 +23,7 @@ from .io.config_watch import ConfigWatcher
 from .io.gpu import GpuMonitor, GpuSampler, detect_sampler
 from .io.observability import AccessLog, Metrics, QuietProtocolErrors, queue_gauges
 from .io.pollers import Pollers
+from .io.sampling import DashboardSampler
 from .io.upstream import UpstreamClient
 from .io.wire_pool import WirePool
 from .state.access_stats import AccessStats
@@ -30,6 +31,7 @@ from .state.affinity import AffinityStore
 from .state.queue import WaitQueue
 from .state.clock import Clock, SystemClock, iso_utc
 from .state.registry import Registry
+from .state.series import BackendSeries
 from .state.sticky import StickyStore
 
 log = logging.getLogger("llama_balancer")
@@ -78,6 +80,10 @@ class Runtime:
             queue=queue,
             info={"path": config_path, "loaded_at": iso_utc(clock.wall()), "error": None},
         )
+        ctx = self.context
+        ctx.series = BackendSeries(options.dashboard_sample_s)
+        self._sampler = DashboardSampler(registry, queue, ctx.series, ctx.events, ctx.metrics,
+                                         lambda: ctx.config.balancer.dashboard_sample_s)
         registry.on_release = self.context.queue.wake_all
         self.config_path = config_path
         self._watcher: ConfigWatcher | None = None
@@ -95,6 +101,7 @@ class Runtime:
         await ctx.client.start()
         ctx.pollers.apply(ctx.config)
         ctx.gpu.start()
+        self._sampler.start()
         if self._watcher is not None:
             self._watcher.start()
         # handler_cancellation: a client that goes away cancels its handler, which closes
@@ -167,6 +174,7 @@ class Runtime:
         self.front = self._runner = None
         ctx.pollers.stop()
         await ctx.gpu.stop()
+        await self._sampler.stop()
         await ctx.client.close()
         ctx.access_log.close()
 

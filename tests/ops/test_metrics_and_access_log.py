@@ -49,7 +49,8 @@ async def test_metrics_count_requests_tokens_and_latency_for_streamed_and_plain_
     assert sample(text, "llama_balancer_completion_tokens_total", model=MODEL, server="PC1") == 12
     assert sample(text, "llama_balancer_prompt_tokens_total", model=MODEL, server="PC1") > 0
     assert sample(text, "llama_balancer_request_duration_seconds_count", model=MODEL) == 2
-    assert sample(text, "llama_balancer_time_to_first_token_seconds_count", model=MODEL) == 2
+    # TTFT counts the streamed answer only: a plain answer's first byte is its whole body.
+    assert sample(text, "llama_balancer_time_to_first_token_seconds_count", model=MODEL) == 1
     assert sample(text, "llama_balancer_inflight_requests", server="PC1") == 0
     states = {s: sample(text, "llama_balancer_backend_health", server="PC1", state=s) for s in ("idle", "busy", "invalid")}
     assert sorted(states.values()) == [0.0, 0.0, 1.0] and states["invalid"] == 0.0
@@ -96,3 +97,39 @@ async def test_the_request_id_reaches_the_backend_and_error_answers(observed, ht
     async with http.put(runtime.url + "/sim/echo", data=b"x", headers={"X-Request-Id": "trace-43"}) as response:
         echo = await response.json()
     assert {k.lower(): v for k, v in echo["headers"].items()}["x-request-id"] == "trace-43"
+
+
+async def test_cached_prompt_tokens_are_counted_so_the_hit_ratio_can_be_computed(observed, http):
+    """The ratio is llama_balancer_prompt_cached_tokens_total / llama_balancer_prompt_tokens_total
+    per server and model; both agree with what the backend itself reported (timings)."""
+    pc1, runtime, _ = observed
+    for stream in (False, True, False):
+        await chat(http, runtime, stream=stream)
+    async with http.get(runtime.url + "/metrics") as response:
+        text = await response.text()
+    done = [e for e in pc1.events if e["path"] == "/v1/chat/completions"]
+    assert len(done) == 3, pc1.events
+    prompt = sample(text, "llama_balancer_prompt_tokens_total", model=MODEL, server="PC1")
+    cached = sample(text, "llama_balancer_prompt_cached_tokens_total", model=MODEL, server="PC1")
+    assert prompt == sum(e["prompt_n"] + e["cache_n"] for e in done)
+    assert cached == sum(e["cache_n"] for e in done)
+    assert 0 < cached < prompt  # the same prompt again: mostly from the slot's cache
+    assert "# TYPE llama_balancer_prompt_cached_tokens_total counter" in text
+
+
+async def test_a_client_leaving_mid_stream_is_an_outcome_not_a_status_code(sims, balancer, http):
+    pc1 = await sims(name="PC1", models=[MODEL], chunk_delay_s=0.05)
+    runtime = await balancer({"servers": {"PC1": server_entry(pc1)}, "models": {MODEL: ["PC1"]}})
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "hello"}], "max_tokens": 200, "stream": True}
+    response = await http.post(runtime.url + "/v1/chat/completions", json=body)
+    await response.content.readline()
+    response.close()
+    await wait_until(lambda: pc1.events and pc1.events[-1]["outcome"] == "client_closed", timeout=3.0)
+
+    async def counted() -> str | None:
+        async with http.get(runtime.url + "/metrics") as answer:
+            text = await answer.text()
+        return text if sample(text, "llama_balancer_requests_total", outcome="client_closed") else None
+    text = await wait_until(counted, timeout=3.0)
+    assert sample(text, "llama_balancer_requests_total", model=MODEL, status="200", outcome="client_closed") == 1
+    assert 'status="client_closed"' not in text

@@ -146,3 +146,47 @@ def test_per_minute_buckets_carry_ttft_percentiles_and_generation_speed(clock):
     assert (bucket["ttft_ms_p50"], bucket["ttft_ms_p99"]) == (300.0, 400.0)
     assert bucket["tokens"] == 200 and bucket["tokens_per_s"] == 25.0
     assert stats.summary()["recent"][0]["ttft_ms"] == 400.0
+
+
+def test_the_prompt_cache_hit_ratio_is_cached_over_prompt_tokens_per_server_and_model(clock):
+    stats = AccessStats(HOUR, clock)
+    stats.record("ip", "llama-a", None, "PC1", "llama-a", "prefix", prompt_tokens=1000, cached_tokens=900)
+    stats.record("ip", "llama-a", None, "PC2", "llama-a", "least-loaded", prompt_tokens=1000, cached_tokens=0)
+    stats.record("ip", "qwen-c", None, "PC1", "qwen-c", "sticky", prompt_tokens=200, cached_tokens=100)
+    stats.record("ip", "qwen-c", None, "PC1", "qwen-c", "sticky", prompt_tokens=50)  # cached not reported
+    stats.record("ip", "qwen-c", None, "PC1", "qwen-c", "sticky")  # no usage at all
+
+    cache = stats.summary()["prompt_cache"]
+    last = cache["last_5m"]
+    assert last["total"] == {"requests": 3, "prompt_tokens": 2200, "cached_tokens": 1000, "hit_ratio": 0.4545}
+    assert last["by_server"]["PC1"] == {"requests": 2, "prompt_tokens": 1200, "cached_tokens": 1000,
+                                        "hit_ratio": 0.8333}
+    assert last["by_server"]["PC2"]["hit_ratio"] == 0.0
+    assert last["by_model"]["llama-a"]["hit_ratio"] == 0.45 and last["by_model"]["qwen-c"]["hit_ratio"] == 0.5
+    assert cache["last_1h"] == last
+    assert cache["window_s"] == {"last_5m": 300.0, "last_1h": 3600.0}
+
+
+def test_the_five_minute_hit_ratio_forgets_what_the_hour_remembers(clock):
+    stats = AccessStats(HOUR, clock)
+    stats.record("ip", "m", None, "PC1", "m", "prefix", prompt_tokens=100, cached_tokens=100)
+    clock.advance(301)
+    stats.record("ip", "m", None, "PC1", "m", "prefix", prompt_tokens=100, cached_tokens=0)
+
+    cache = stats.summary()["prompt_cache"]
+    assert cache["last_5m"]["total"]["hit_ratio"] == 0.0
+    assert cache["last_1h"]["total"]["hit_ratio"] == 0.5
+    assert cache["last_1h"]["by_server"]["PC1"]["requests"] == 2
+
+
+def test_without_reported_prompts_the_hit_ratio_is_unknown_not_zero(clock):
+    stats = AccessStats(HOUR, clock)
+    stats.record("ip", "m", None, "PC1", "m", "prefix", completion_tokens=5)
+    total = stats.summary()["prompt_cache"]["last_5m"]["total"]
+    assert total == {"requests": 0, "prompt_tokens": 0, "cached_tokens": 0, "hit_ratio": None}
+
+
+def test_the_old_tools_keys_are_all_still_there(clock):
+    summary = AccessStats(HOUR, clock).summary()
+    assert {"total_requests", "unique_ips", "unique_models", "unique_usernames", "ip_counts", "model_counts",
+            "username_counts", "time_series", "retention_hours", "oldest_log", "newest_log"} <= summary.keys()

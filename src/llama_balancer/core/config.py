@@ -123,6 +123,7 @@ class BalancerOptions(BaseModel):
     gpu_window_s: float = Field(5.0, gt=0)
     gpu_busy_threshold: float = Field(50.0, ge=0, le=100)
     access_log_window_s: float = Field(3600.0, gt=0)
+    dashboard_sample_s: float = Field(2.0, ge=0.1, le=60)  # the dashboard's 15-minute series, one point per this
     access_log: str = Field("stdout", min_length=1)  # "stdout", "off" or a file path (rotated)
     access_log_max_bytes: int = Field(10 * 1024 * 1024, gt=0)
     access_log_backups: int = Field(5, ge=0)

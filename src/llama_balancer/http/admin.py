@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from importlib import resources
 from typing import Any
 
@@ -58,7 +59,23 @@ async def handle_snapshot(request: web.Request) -> web.Response:
 
 
 async def handle_access_stats(request: web.Request) -> web.Response:
-    return json_response(context_of(request).stats.summary())
+    """The last hour of routed requests (the old tool's keys and ours, ``prompt_cache``
+    among them) and the errors panel's recent counts."""
+    ctx = context_of(request)
+    return json_response({**ctx.stats.summary(), "errors": ctx.events.summary(time.monotonic())})
+
+
+async def handle_series(request: web.Request) -> web.Response:
+    """The dashboard's short window per backend (``state.series``), with wall times."""
+    ctx = context_of(request)
+    now, wall = time.monotonic(), ctx.clock.wall()
+    data = ctx.series.snapshot(now)
+    sample_s = data["sample_s"]
+    end_wall = wall - (now - data.pop("end_index") * sample_s)  # start of the newest bucket
+    data["end"] = iso_utc(end_wall)
+    data["start"] = iso_utc(end_wall - (data["points"] - 1) * sample_s)
+    data["now"] = iso_utc(wall)
+    return json_response(data)
 
 
 async def handle_models(request: web.Request) -> web.Response:

@@ -4,7 +4,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from .admin import (handle_access_stats, handle_favicon, handle_llmhealth, handle_metrics, handle_models,
-                    handle_monitor, handle_reload, handle_snapshot)
+                    handle_monitor, handle_reload, handle_series, handle_snapshot)
 from .context import CONTEXT, AppContext
 from .guards import front_middleware
 from .proxy import handle_proxy
@@ -20,6 +20,7 @@ def build_app(ctx: AppContext) -> web.Application:
     router.add_get("/llmhealth-snapshot", handle_snapshot)
     router.add_get("/llmhealth-monitor", handle_monitor)
     router.add_get("/access-log-stats", handle_access_stats)
+    router.add_get("/llmhealth-series", handle_series)
     router.add_get("/v1/models", handle_models)
     router.add_get("/favicon.ico", handle_favicon)
     router.add_get("/metrics", handle_metrics)

@@ -15,9 +15,11 @@ from ..io.pollers import Pollers
 from ..io.upstream import UpstreamClient
 from ..state.access_stats import AccessStats
 from ..state.affinity import AffinityStore
+from ..state.events import EventCounts
 from ..state.queue import WaitQueue
 from ..state.clock import Clock
 from ..state.registry import Registry
+from ..state.series import BackendSeries
 from ..state.sticky import StickyStore
 
 
@@ -37,6 +39,8 @@ class AppContext:
     trusted: TrustedProxies
     affinity: AffinityStore
     queue: WaitQueue
+    series: BackendSeries = field(default_factory=lambda: BackendSeries(2.0))  # dashboard, per backend, 15 min
+    events: EventCounts = field(default_factory=EventCounts)  # dashboard errors panel, last hour
     turns: int = 0  # round-robin position (baseline policy)
     info: dict[str, Any] = field(default_factory=dict)  # config path, loaded_at, last error
     # Set by the runtime: re-read the config file; answers {"ok": bool, ...}.

@@ -365,7 +365,7 @@ class FrontConnection(asyncio.Protocol):
             if not last_try and answer.status in self.front.ctx.config.balancer.routing.retry_statuses:
                 raise RetryElsewhere(name, f"http_{answer.status}", None)
             answered()
-            ex.status = answer.status
+            ex.status, ex.streamed = answer.status, answer.event_stream
             transport = self.transport
             if transport is None or transport.is_closing():
                 raise ConnectionResetError("the client went away")

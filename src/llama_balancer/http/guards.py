@@ -18,7 +18,8 @@ from .request_head import MalformedRequest
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _NOT_VISIBLE = re.compile(r"[^\x21-\x7e]")  # a request target is visible ASCII (RFC 9112 3.2)
 
-ADMIN_PATHS = frozenset({"/llmhealth-snapshot", "/access-log-stats", "/llmhealth-monitor", "/metrics"})
+ADMIN_PATHS = frozenset({"/llmhealth-snapshot", "/access-log-stats", "/llmhealth-series", "/llmhealth-monitor",
+                         "/metrics"})
 OPEN_PATHS = frozenset({"/llmhealth", "/favicon.ico"})
 OPEN_METHODS = frozenset({"GET", "HEAD"})  # what the open endpoints serve
 

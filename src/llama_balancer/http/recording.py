@@ -1,10 +1,13 @@
-"""Begin and finish an Exchange: the one place metrics, access log and stats are fed."""
+"""Begin and finish an Exchange: the one place metrics, access log, stats and the
+dashboard's series and error counts are fed."""
 from __future__ import annotations
 
 import time
+from asyncio import CancelledError
 
 from aiohttp import web
 
+from ..core.errors import BalancerError, QueueTimeout, UpstreamError
 from ..core.identity import client_ip
 from ..core.usage import usage_from_tail
 from ..state.exchange import Exchange
@@ -36,13 +39,59 @@ def finish_exchange(ctx: AppContext, ex: Exchange, error: BaseException | None) 
         ex.tail.clear()
     ctx.metrics.observe(ex)
     ctx.access_log.write(ex, ctx.clock.wall())
+    if ex.outcome != "completed" or (ex.status is not None and ex.status >= 400):
+        _count_error(ctx, ex, error)
+    usage = ex.usage
+    ttft_s = ex.ttft_s if ex.streamed else None  # a plain answer's first byte is its whole body
+    if ex.server is not None:
+        ctx.series.observe(ex.server, ex.ended, ex.first_byte, ttft_s,
+                           usage.completion_tokens if usage else None, _generating_from(ex))
     if ex.model is not None and ex.server is not None:
         ctx.stats.record(
             ex.ip, ex.model, ex.user, ex.server, ex.instance or "", ex.reason or "",
-            status=ex.status, ttft_s=ex.ttft_s, duration_s=ex.duration_s,
-            completion_tokens=ex.usage.completion_tokens if ex.usage else None,
+            status=ex.status, ttft_s=ttft_s, duration_s=ex.duration_s,
+            completion_tokens=usage.completion_tokens if usage else None,
             queue_wait_s=ex.queue_wait_s, request_id=ex.request_id, generation_s=_generation_s(ex),
+            prompt_tokens=usage.prompt_tokens if usage else None,
+            cached_tokens=usage.cached_tokens if usage else None,
         )
+
+
+def _count_error(ctx: AppContext, ex: Exchange, error: BaseException | None) -> None:
+    """The errors panel's counts: a 4xx/5xx by kind (ours by error code, ``upstream_<how>``
+    when no backend answered, ``backend_<status>`` for a backend's own error answer), and
+    the outcomes that are not a status (client gone, answer broken off)."""
+    now = ex.ended if ex.ended is not None else time.monotonic()
+    status = ex.status
+    if status is not None and status >= 400:
+        if isinstance(error, UpstreamError):
+            kind = "upstream_" + error.kind
+        elif isinstance(error, BalancerError):
+            kind = error.code
+        else:
+            kind = f"backend_{status}"
+        ctx.events.add(now, f"{status // 100}xx", kind)
+        if isinstance(error, QueueTimeout):
+            ctx.events.add(now, "queue_timeouts", ex.model or "(none)")
+            ctx.metrics.queue_timeouts.inc()
+    elif ex.outcome == "error":
+        ctx.events.add(now, "5xx", "internal_error")
+    if ex.outcome == "client_closed":
+        ctx.events.add(now, "outcomes", "client_closed")
+    elif ex.outcome == "upstream_error" and status is not None and status < 400:
+        ctx.events.add(now, "outcomes", "broken_answer")
+
+
+def _generating_from(ex: Exchange) -> float | None:
+    """When the backend began generating: llama-server's predicted_ms before the end when
+    reported, else the first byte of a stream, else when the request was sent."""
+    if ex.ended is None:
+        return None
+    if ex.usage is not None and ex.usage.generation_ms:
+        return max(ex.started, ex.ended - ex.usage.generation_ms / 1000)
+    if ex.streamed and ex.first_byte is not None:
+        return ex.first_byte
+    return ex.started + ex.queue_wait_s
 
 
 def _generation_s(ex: Exchange) -> float | None:
@@ -57,10 +106,6 @@ def _generation_s(ex: Exchange) -> float | None:
 
 
 def _outcome_of(error: BaseException) -> str:
-    from asyncio import CancelledError
-
-    from ..core.errors import BalancerError, UpstreamError
-
     if isinstance(error, (CancelledError, ConnectionError)):
         return "client_closed"
     if isinstance(error, UpstreamError):

@@ -32,6 +32,7 @@ async def relay_response(request: web.Request, upstream: aiohttp.ClientResponse,
     if exchange is not None:
         headers["X-Request-Id"] = exchange.request_id
         exchange.status = upstream.status
+        exchange.streamed = upstream.content_type == "text/event-stream"
     response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
     if upstream.headers.get("Content-Length") is None and _may_have_body(request, upstream):
         response.enable_chunked_encoding()

@@ -30,6 +30,7 @@ class AnswerHead:
     chunked: bool
     keep_alive: bool
     transfer_encoding: str = ""  # as sent, restated to the client (the bytes pass unchanged)
+    event_stream: bool = False  # Content-Type: text/event-stream (a streamed answer)
 
     @property
     def has_body(self) -> bool:
@@ -103,12 +104,14 @@ def _answer_head(status: int, keep_alive: bool, reason: bytes, headers: list[tup
     same pass: hop-by-hop headers, and any the answer names in ``Connection``, never cross."""
     relayed: list[tuple[str, str]] = []
     named: set[str] = set()
-    length, chunked, coding = -1, False, ""
+    length, chunked, coding, event_stream = -1, False, "", False
     for raw_name, raw_value in headers:
         name, value = raw_name.decode("latin-1"), raw_value.decode("latin-1").strip()
         low = name.lower()
         if low not in _NOT_RELAYED:
             relayed.append((low, f"{name}: {value}"))
+            if low == "content-type":
+                event_stream = value[:17].lower() == "text/event-stream"
         elif low == "content-length":
             length = int(value)  # llhttp checked: digits, one value
         elif low == "transfer-encoding":
@@ -121,7 +124,7 @@ def _answer_head(status: int, keep_alive: bool, reason: bytes, headers: list[tup
     elif length < 0:
         keep_alive = False  # the body ends when the backend closes
     lines_out = [text for low, text in relayed if low not in named] if named else [text for _, text in relayed]
-    return AnswerHead(status, reason.decode("latin-1"), lines_out, length, chunked, keep_alive, coding)
+    return AnswerHead(status, reason.decode("latin-1"), lines_out, length, chunked, keep_alive, coding, event_stream)
 
 
 class ChunkedScanner:

@@ -28,61 +28,83 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 
 class Metrics:
     def __init__(self, registry: Registry, extra_gauges: Callable[[], Iterable[GaugeMetricFamily]] | None = None) -> None:
         self.prom = CollectorRegistry(auto_describe=True)
-        labels = ["model", "server", "instance", "endpoint", "status"]
-        self.requests = Counter("llama_balancer_requests", "Requests by outcome.", labels, registry=self.prom)
+        labels = ["model", "server", "instance", "endpoint", "status", "outcome"]
+        self.requests = Counter("llama_balancer_requests", "Requests by status sent and outcome.", labels,
+                                registry=self.prom)
         self.duration = Histogram("llama_balancer_request_duration_seconds", "Request time, first byte in to last byte out.",
                                   ["model", "server", "endpoint"], buckets=LATENCY_BUCKETS, registry=self.prom)
-        self.ttft = Histogram("llama_balancer_time_to_first_token_seconds", "Time to the first body byte relayed.",
+        self.ttft = Histogram("llama_balancer_time_to_first_token_seconds",
+                              "Time to the first body byte relayed, streamed answers (text/event-stream) only.",
                               ["model", "server", "endpoint"], buckets=LATENCY_BUCKETS, registry=self.prom)
-        self.prompt_tokens = Counter("llama_balancer_prompt_tokens", "Prompt tokens reported by backends.",
+        self.prompt_tokens = Counter("llama_balancer_prompt_tokens", "Prompt tokens reported by backends, cached ones included.",
                                      ["model", "server"], registry=self.prom)
+        self.cached_tokens = Counter("llama_balancer_prompt_cached_tokens",
+                                     "Of the prompt tokens, those the backend served from its prompt cache "
+                                     "(counted where it reports them).", ["model", "server"], registry=self.prom)
         self.completion_tokens = Counter("llama_balancer_completion_tokens", "Completion tokens reported by backends.",
                                          ["model", "server"], registry=self.prom)
         self.retries = Counter("llama_balancer_retries", "Requests sent again to another backend before the first byte.",
                                ["server", "kind"], registry=self.prom)
         self.failovers = Counter("llama_balancer_failovers", "Requests that succeeded elsewhere after a failure.",
                                  ["from_server", "to_server"], registry=self.prom)
+        self.circuit_openings = Counter("llama_balancer_circuit_openings", "Circuits opened after failures in a row.",
+                                        ["server"], registry=self.prom)
+        self.queue_timeouts = Counter("llama_balancer_queue_timeouts", "Requests answered 503 after waiting in the queue.",
+                                      registry=self.prom)
         self.prom.register(_StateCollector(registry, extra_gauges))
-        self._children: dict[tuple[str, str, str, str, str], tuple[Any, Any, Any, Any, Any]] = {}
+        self._children: dict[tuple[str, str, str, str, str, str], tuple[Any, Any, Any, Any, Any, Any]] = {}
 
     def observe(self, ex: Exchange) -> None:
         server = ex.server or "(none)"
-        # A broken or abandoned answer counts as its outcome, not as the status it began with.
-        status = str(ex.status) if ex.status is not None and ex.outcome in ("completed", "rejected") else ex.outcome
+        # The status the client was sent (none: it got no answer head); how the exchange
+        # ended (completed, client_closed, upstream_error, rejected, error) is the outcome.
+        status = "none" if ex.status is None else str(ex.status)
         instance = ex.instance or "" if ex.model_label != "(other)" else "(other)"
-        requests, duration, ttft, prompt, completion = self._bundle(
-            ex.model_label, server, instance, ex.endpoint_label, status)
+        requests, duration, ttft, prompt, cached, completion = self._bundle(
+            ex.model_label, server, instance, ex.endpoint_label, status, ex.outcome)
         requests.inc()
         if ex.ended is not None:  # ex.duration_s
             duration.observe(ex.ended - ex.started)
-        if ex.first_byte is not None:  # ex.ttft_s
+        if ex.first_byte is not None and ex.streamed:  # ex.ttft_s; a plain answer's first byte says nothing
             ttft.observe(ex.first_byte - ex.started)
         usage = ex.usage
         if usage is not None:
             if usage.prompt_tokens:
                 prompt.inc(usage.prompt_tokens)
+                if usage.cached_tokens is not None:  # created at 0 too: a cold cache reads 0 %, not "no data"
+                    cached.inc(usage.cached_tokens)
             if usage.completion_tokens:
                 completion.inc(usage.completion_tokens)
 
-    def _bundle(self, model: str, server: str, instance: str, endpoint: str,
-                status: str) -> tuple[Any, Any, Any, Any, Any]:
-        """The five labelled children one exchange may touch, looked up once together.
+    def _bundle(self, model: str, server: str, instance: str, endpoint: str, status: str,
+                outcome: str) -> tuple[Any, Any, Any, Any, Any, Any]:
+        """The six labelled children one exchange may touch, looked up once together.
 
         Each ``metric.labels(...)`` costs a lock and a few dict lookups, and creates the
         child (a zero sample in the exposition); only ``requests`` is created up front, the
         others on first use, exactly as calling ``labels`` where they are used would.
         """
-        key = (model, server, instance, endpoint, status)
+        key = (model, server, instance, endpoint, status, outcome)
         bundle = self._children.get(key)
         if bundle is None:
             bundle = self._children[key] = (
-                self.requests.labels(model, server, instance, endpoint, status),
+                self.requests.labels(model, server, instance, endpoint, status, outcome),
                 _Lazy(self.duration, (model, server, endpoint)),
                 _Lazy(self.ttft, (model, server, endpoint)),
                 _Lazy(self.prompt_tokens, (model, server)),
+                _Lazy(self.cached_tokens, (model, server)),
                 _Lazy(self.completion_tokens, (model, server)),
             )
         return bundle
+
+    def totals(self, counter: Counter) -> dict[tuple[str, ...], float]:
+        """A counter's current value per label set (for the dashboard's recent counts)."""
+        out: dict[tuple[str, ...], float] = {}
+        for family in counter.collect():
+            for sample in family.samples:
+                if sample.name.endswith("_total"):
+                    out[tuple(sample.labels.values())] = sample.value
+        return out
 
     def exposition(self) -> bytes:
         return generate_latest(self.prom)
@@ -197,9 +219,11 @@ def access_entry(ex: Exchange, wall: float) -> dict:
         "outcome": ex.outcome,
         "retries": ex.retries,
         "queue_wait_ms": round(ex.queue_wait_s * 1000, 1),
+        "stream": ex.streamed,
         "ttft_ms": None if ex.ttft_s is None else round(ex.ttft_s * 1000, 1),
         "duration_ms": None if ex.duration_s is None else round(ex.duration_s * 1000, 1),
         "prompt_tokens": usage.prompt_tokens if usage else None,
+        "cached_tokens": usage.cached_tokens if usage else None,
         "completion_tokens": usage.completion_tokens if usage else None,
     }
 

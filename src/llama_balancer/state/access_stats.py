@@ -26,6 +26,8 @@ class AccessRecord:
     queue_wait_s: float = 0.0
     request_id: str | None = None
     generation_s: float | None = None  # time spent generating (backend timings, or first to last byte)
+    prompt_tokens: int | None = None  # the whole prompt
+    cached_tokens: int | None = None  # of it, served from the backend's prompt cache
 
 
 class AccessStats:
@@ -36,8 +38,9 @@ class AccessStats:
 
     def record(self, ip: str, model: str, user: str | None, server: str, instance: str, reason: str,
                **outcome: Any) -> None:
-        """One routed request; ``outcome`` may add status, ttft_s, duration_s, completion_tokens,
-        queue_wait_s and request_id (see AccessRecord)."""
+        """One routed request; ``outcome`` may add status, ttft_s (streamed answers only),
+        duration_s, completion_tokens, queue_wait_s, request_id, generation_s, prompt_tokens and
+        cached_tokens (see AccessRecord)."""
         self._records.append(AccessRecord(self._clock.wall(), ip, model, user, server, instance, reason, **outcome))
 
     def summary(self) -> dict[str, Any]:
@@ -68,12 +71,13 @@ class AccessStats:
             "by_server": dict(Counter(r.server for r in records).most_common()),
             "by_reason": dict(Counter(r.reason for r in records).most_common()),
             "per_minute": [_minute(m, by_minute.get(m, [])) for m in range(first_minute, last_minute + 1)],
+            "prompt_cache": self._prompt_cache(records, now),
             "recent": [
                 {"at": iso_utc(r.wall), "ip": r.ip, "user": r.user, "model": r.model,
                  "server": r.server, "instance": r.instance, "reason": r.reason, "status": r.status,
                  "ttft_ms": _ms(r.ttft_s), "duration_ms": _ms(r.duration_s),
                  "completion_tokens": r.completion_tokens, "queue_wait_ms": _ms(r.queue_wait_s),
-                 "request_id": r.request_id}
+                 "request_id": r.request_id, "prompt_tokens": r.prompt_tokens, "cached_tokens": r.cached_tokens}
                 for r in records[-20:][::-1]
             ],
             "now": iso_utc(now),
@@ -89,13 +93,48 @@ class AccessStats:
                         "reason": r.reason, "client": r.user or r.ip} for r in records[-last:][::-1]],
         }
 
+    def _prompt_cache(self, records: list[AccessRecord], now: float) -> dict[str, Any]:
+        """The prompt-cache hit ratio (cached / prompt tokens) over the last 5 minutes and the
+        last hour (at most the window), in total, per server and per model (as asked); only
+        requests whose backend reported its cached tokens count."""
+        windows = {"last_5m": min(300.0, self.window_s), "last_1h": min(3600.0, self.window_s)}
+        out: dict[str, Any] = {"window_s": windows}
+        for name, seconds in windows.items():
+            total, by_server, by_model = _CacheSum(), {}, {}
+            for r in records:
+                if r.wall <= now - seconds or r.cached_tokens is None or not r.prompt_tokens:
+                    continue
+                for sums in (total, by_server.setdefault(r.server, _CacheSum()),
+                             by_model.setdefault(r.model, _CacheSum())):
+                    sums.add(r.prompt_tokens, r.cached_tokens)
+            out[name] = {"total": total.as_dict(),
+                         "by_server": {k: v.as_dict() for k, v in sorted(by_server.items())},
+                         "by_model": {k: v.as_dict() for k, v in sorted(by_model.items())}}
+        return out
+
     def _trim(self, now: float) -> None:
         while self._records and self._records[0].wall <= now - self.window_s:
             self._records.popleft()
 
 
+class _CacheSum:
+    __slots__ = ("requests", "prompt", "cached")
+
+    def __init__(self) -> None:
+        self.requests = self.prompt = self.cached = 0
+
+    def add(self, prompt: int, cached: int) -> None:
+        self.requests += 1
+        self.prompt += prompt
+        self.cached += min(cached, prompt)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"requests": self.requests, "prompt_tokens": self.prompt, "cached_tokens": self.cached,
+                "hit_ratio": round(self.cached / self.prompt, 4) if self.prompt else None}
+
+
 def _minute(minute: int, records: list[AccessRecord]) -> dict[str, Any]:
-    """A per-minute bucket: count, TTFT percentiles and generation speed."""
+    """A per-minute bucket: count, TTFT percentiles (streamed answers) and generation speed."""
     ttfts = sorted(r.ttft_s for r in records if r.ttft_s is not None)
     tokens = sum(r.completion_tokens or 0 for r in records)
     gen_s = sum(r.generation_s or 0.0 for r in records if r.completion_tokens)

@@ -24,6 +24,7 @@ class Exchange:
     status: int | None = None
     queue_wait_s: float = 0.0
     first_byte: float | None = None  # monotonic, first body byte relayed
+    streamed: bool = False  # the answer was an event stream (TTFT means something only there)
     ended: float | None = None
     outcome: str = "completed"  # completed | client_closed | upstream_error | rejected
     retries: int = 0
