@@ -13,15 +13,19 @@ from aiohttp import web
 
 from .core.auth import AuthPolicy, merge_keys
 from .core.config import Config, parse_config
+from .core.config_diff import config_changes
+from .core.shadow import shadowed_patterns
 from .core.errors import ConfigError
 from .core.health import GpuWindow
 from .core.identity import TrustedProxies
 from .http.app import build_app
 from .http.context import AppContext
 from .http.front import Front
+from .io.backend_watch import BackendWatch
 from .io.config_watch import ConfigWatcher
 from .io.gpu import GpuMonitor, GpuSampler, detect_sampler
 from .io.observability import AccessLog, Metrics, QuietProtocolErrors, queue_gauges
+from .io.oplog import event
 from .io.pollers import Pollers
 from .io.sampling import DashboardSampler
 from .io.upstream import UpstreamClient
@@ -61,6 +65,7 @@ class Runtime:
         registry = Registry(config, clock)
         client = UpstreamClient(options)
         queue = WaitQueue(options.routing.queue_max, clock.monotonic)
+        watch = BackendWatch(clock)
         self.context = AppContext(
             config=config,
             clock=clock,
@@ -68,7 +73,7 @@ class Runtime:
             sticky=StickyStore(options.sticky_ttl_s, clock),
             stats=AccessStats(options.access_log_window_s, clock),
             client=client,
-            pollers=Pollers(registry, client),
+            pollers=Pollers(registry, client, watch),
             gpu=GpuMonitor(gpu_sampler or detect_sampler(),
                            GpuWindow(options.gpu_window_s, options.gpu_busy_threshold),
                            options.gpu_sample_interval_s),
@@ -78,6 +83,7 @@ class Runtime:
             trusted=TrustedProxies(options.trusted_proxies),
             affinity=AffinityStore(options.routing.affinity_entries),
             queue=queue,
+            watch=watch,
             info={"path": config_path, "loaded_at": iso_utc(clock.wall()), "error": None},
         )
         ctx = self.context
@@ -137,8 +143,14 @@ class Runtime:
             ctx.info["error_at"] = iso_utc(ctx.clock.wall())
             log.error("config reload refused, the running config stays in force: %s", ctx.info["error"])
             return {"ok": False, "errors": problems}
+        old = ctx.config
         self._apply(config)
-        log.info("config reloaded from %s", self.config_path)
+        changes = config_changes(old, config)
+        log.info("config reloaded from %s: %s", self.config_path,
+                 "no changes" if changes.empty else ", ".join(sorted(changes.fields())),
+                 extra=event("config_reloaded", path=self.config_path, **changes.fields()))
+        if list(old.models) != list(config.models):
+            warn_shadowed(config)
         return {"ok": True, "loaded_at": ctx.info["loaded_at"]}
 
     def _apply(self, config: Config) -> None:
@@ -165,12 +177,25 @@ class Runtime:
         if self._watcher is not None:
             await self._watcher.stop()
         grace = ctx.config.balancer.drain_grace_s
+        serving = self.front is not None or self._runner is not None
+        if serving:
+            log.info("draining: no new connections; up to %g s for %d request(s) in flight", grace,
+                     ctx.registry.total_inflight(),
+                     extra=event("drain_start", inflight=ctx.registry.total_inflight(), grace_s=grace))
+        started = asyncio.get_running_loop().time()
         if self.front is not None:
             self.front.stop_listening()
         draining = [self.front.drain(grace)] if self.front is not None else []
         if self._runner is not None:
             draining.append(self._runner.cleanup())  # connections the front handed over
+        at_deadline = asyncio.ensure_future(_inflight_after(ctx.registry, grace))
         await asyncio.gather(*draining)
+        cut = at_deadline.result() if at_deadline.done() else 0
+        at_deadline.cancel()
+        if serving:
+            took = asyncio.get_running_loop().time() - started
+            log.info("drained in %.2f s; %d request(s) cut at the deadline", took, cut,
+                     extra=event("drain_end", duration_s=took, cut=cut))
         self.front = self._runner = None
         ctx.pollers.stop()
         await ctx.gpu.stop()
@@ -181,6 +206,35 @@ class Runtime:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+
+async def _inflight_after(registry: Registry, delay: float) -> int:
+    await asyncio.sleep(delay)
+    return registry.total_inflight()
+
+
+def warn_shadowed(config: Config) -> None:
+    """One warning per ``models`` pattern that earlier ones leave nothing to match."""
+    for found in shadowed_patterns(list(config.models)):
+        log.warning("pattern %r can never match: %s %s every name it matches (the first fullmatch wins)",
+                    found.pattern, " and ".join(repr(p) for p in found.by), "takes" if len(found.by) == 1 else "take",
+                    extra=event("pattern_shadowed", pattern=found.pattern, by=list(found.by)))
+
+
+def startup_summary(runtime: Runtime, host: str, port: int) -> None:
+    """The first line an operator reads: where the config came from, what it serves, and how."""
+    from . import __version__
+
+    config = runtime.context.config
+    options = config.balancer
+    servers = [f"{name}={server.kind}" for name, server in config.servers.items()]
+    log.info("llama-balancer %s listening on http://%s:%d: %d server(s) (%s), policy %s, config %s",
+             __version__, host, port, len(servers), " ".join(servers), options.routing.policy, runtime.config_path,
+             extra=event("start", version=__version__, listen=f"http://{host}:{port}", config=runtime.config_path,
+                         servers=servers, policy=options.routing.policy, patterns=len(config.models),
+                         fallback=config.fallback, unknown_model=options.unknown_model,
+                         auth="on" if runtime.context.auth.enabled else "off",
+                         cors=list(options.cors_origins) or None))
 
 
 async def serve_until_signal(runtime: Runtime, host: str, port: int, banner: list[str] | None = None) -> None:
@@ -196,17 +250,15 @@ async def serve_until_signal(runtime: Runtime, host: str, port: int, banner: lis
     except BaseException:
         await runtime.stop()  # a taken port: close the client and tasks started so far
         raise
-    log.info("llama-balancer listening on http://%s:%d", host, bound)
+    startup_summary(runtime, host, bound)
+    warn_shadowed(runtime.context.config)
     for line in banner or []:
         print(line, flush=True)
     try:
         await stop.wait()
     finally:
-        grace = runtime.context.config.balancer.drain_grace_s
-        log.info("shutting down: no new connections; up to %.0f s for %d request(s) in flight",
-                 grace, runtime.context.registry.total_inflight())
         await runtime.stop()
-        log.info("stopped")
+        log.info("stopped", extra=event("stop"))
 
 
 def _on_signal(loop: asyncio.AbstractEventLoop, sig: signal.Signals | None, action: Any) -> None:

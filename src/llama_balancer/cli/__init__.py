@@ -4,21 +4,14 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from importlib.metadata import PackageNotFoundError, version
 
+from .. import __version__
 from ..core.errors import ConfigError
 from ..io.oplog import LOG_FORMATS, LOG_LEVELS, setup_logging
 
 DESCRIPTION = ("One OpenAI-compatible base URL in front of several self-hosted LLM servers. "
                "With no command (or an option first), serve is meant.")
 CONFIG_HELP = "the server-list.json to read (default: $SERVER_LIST_JSON, else ./server-list.json)"
-
-
-def package_version() -> str:
-    try:
-        return version("llama-balancer")
-    except PackageNotFoundError:  # run from a source tree that was never installed
-        return "unknown"
 
 
 class HelpFormatter(argparse.HelpFormatter):
@@ -49,7 +42,7 @@ def _logging_options(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llama-balancer", description=DESCRIPTION, formatter_class=HelpFormatter)
-    parser.add_argument("-V", "--version", action="version", version=f"llama-balancer {package_version()}")
+    parser.add_argument("-V", "--version", action="version", version=f"llama-balancer {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
     serve = sub.add_parser("serve", help="run the balancer (and this machine's /llmhealth agent)",
                            description="Run the balancer (and this machine's /llmhealth agent) from a "

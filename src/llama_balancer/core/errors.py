@@ -87,3 +87,10 @@ class QueueTimeout(BalancerError):
 
 class QueueFullError(BalancerError):
     status, type, code = 429, "rate_limit_error", "queue_full"
+
+
+class ModelNotFound(BalancerError):
+    """No server of the request's route lists the model (``balancer.unknown_model: reject``);
+    OpenAI answers an unknown model this way."""
+
+    status, type, code = 404, "invalid_request_error", "model_not_found"

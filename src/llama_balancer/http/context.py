@@ -9,8 +9,10 @@ from aiohttp import web
 from ..core.auth import AuthPolicy
 from ..core.config import Config
 from ..core.identity import TrustedProxies
+from ..io.backend_watch import BackendWatch
 from ..io.gpu import GpuMonitor
 from ..io.observability import AccessLog, Metrics
+from ..io.oplog import Notices
 from ..io.pollers import Pollers
 from ..io.upstream import UpstreamClient
 from ..state.access_stats import AccessStats
@@ -39,6 +41,8 @@ class AppContext:
     trusted: TrustedProxies
     affinity: AffinityStore
     queue: WaitQueue
+    watch: BackendWatch  # logs backend state changes (after polls and failed requests)
+    notices: Notices = field(default_factory=Notices)  # throttled log lines (retries, 429s, unknown models)
     series: BackendSeries = field(default_factory=lambda: BackendSeries(2.0))  # dashboard, per backend, 15 min
     events: EventCounts = field(default_factory=EventCounts)  # dashboard errors panel, last hour
     turns: int = 0  # round-robin position (baseline policy)

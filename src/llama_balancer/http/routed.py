@@ -19,7 +19,7 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from ..core.config import ServerConfig
-from ..core.errors import UpstreamError
+from ..core.errors import NoBackend, QueueFullError, QueueTimeout, UpstreamError
 from ..core.identity import user_from_messages
 from ..core.placement import Place
 from ..core.prefix import fingerprint
@@ -29,7 +29,9 @@ from ..state.exchange import Exchange
 from .body import model_of, parse_payload, read_limited
 from .context import AppContext, context_of
 from .decide import Resolved, obtain
+from .notes import failure_reason, note_decision, note_failover, note_gave_up, note_refused, note_retry
 from .recording import begin_exchange_for, finish_exchange
+from .unknown import check_known
 from .upstream_headers import headers_for
 
 # OpenAI-style paths must name a model; llama.cpp's native ones may omit it (-> fallback).
@@ -113,7 +115,13 @@ async def route_call(ctx: AppContext, call: Call, ex: Exchange, attempt: Attempt
     ex.identity = ex.user or ex.ip
     if ex.model is None:
         return await _send_to_fallback(ctx, call, ex, call.body, attempt)
-    return await _route_and_send(ctx, call, ex, resolve(ctx, ex.model, payload), attempt)
+    resolved = resolve(ctx, ex.model, payload)
+    check_known(ctx, resolved)
+    try:
+        return await _route_and_send(ctx, call, ex, resolved, attempt)
+    except (QueueFullError, QueueTimeout, NoBackend) as exc:
+        note_refused(ctx, ex, exc)
+        raise
 
 
 def resolve(ctx: AppContext, requested: str, payload: dict[str, Any]) -> Resolved:
@@ -130,6 +138,7 @@ async def _send_to_fallback(ctx: AppContext, call: Call, ex: Exchange, raw: byte
     ex.server, ex.instance, ex.reason = name, ex.model or "", "fallback"
     if ex.model is not None:
         ex.model_label = _label(ctx, name, ex.model)
+    note_decision(ex, None)
     return await _send(ctx, call, ex, ctx.config.servers[name], raw, None, True, None, attempt)
 
 
@@ -147,6 +156,7 @@ async def _route_and_send(ctx: AppContext, call: Call, ex: Exchange, resolved: R
         body = _body_for(resolved, call.body, placed, pinned)
         ex.server, ex.instance, ex.reason = placed.server, placed.instance, placed.reason
         ex.model_label = _label(ctx, placed.server, resolved.upstream_model)
+        note_decision(ex, resolved.candidates, excluded, pinned, placed.match_chars)
         last_try = ex.retries >= routing.max_retries or len(excluded) + 1 >= len(resolved.candidates)
         try:
             response = await _send(ctx, call, ex, server, body, pinned, last_try, resolved, attempt)
@@ -155,10 +165,15 @@ async def _route_and_send(ctx: AppContext, call: Call, ex: Exchange, resolved: R
             first_failure = first_failure or failure.server
             excluded.add(failure.server)
             if failure.error is not None and last_try:
+                note_gave_up(ctx, ex, failure.server, failure_reason(failure))
                 raise failure.error from None
             continue
+        except UpstreamError as exc:  # the last try failed before its answer began
+            note_gave_up(ctx, ex, placed.server, exc.message)
+            raise
         if first_failure is not None:
             ctx.metrics.failovers.labels(first_failure, placed.server).inc()
+            note_failover(ctx, ex, first_failure, placed.server)
         return response
 
 
@@ -167,6 +182,7 @@ def _note_failure(ctx: AppContext, ex: Exchange, failure: RetryElsewhere) -> Non
     ctx.registry.record_failure(failure.server, routing.circuit_failures, routing.circuit_open_s)
     ctx.metrics.retries.labels(failure.server, failure.kind).inc()
     ex.retries += 1
+    note_retry(ctx, ex, failure)
 
 
 def _pin(ctx: AppContext, path: str, placed: Place) -> int | None:

@@ -33,20 +33,34 @@ async def poll_native(client: UpstreamClient, name: str, server: ServerConfig, k
     """One poll of ``server`` as ``kind`` ("auto" is resolved here and returned)."""
     base = server.model_base
     headers = {"Authorization": f"Bearer {server.api_key}"} if server.api_key else None
+    errors: dict[str, str] = {}  # why a path could not be read: the detail of an invalid sample
 
     async def get(path: str) -> tuple[int, str, bytes] | None:
         try:
             status, answer_headers, body = await client.fetch_full(base + path, timeout, name, headers)
-        except UpstreamError:
+        except UpstreamError as exc:
+            errors[path] = exc.message
             return None
         return status, answer_headers.get("Server", ""), body
 
+    polled = await _poll(get, kind)
+    detail = polled.sample.detail  # "<path> unreachable" (see _why): say why
+    path = detail.removesuffix(" unreachable") if detail else None
+    if path in errors:
+        polled = NativePoll(polled.kind, HealthSample("invalid", detail=f"{detail}: {errors[path]}"),
+                            polled.load, polled.slots)
+    return polled
+
+
+async def _poll(get, kind: str) -> NativePoll:
     try:
         if kind == "openai":
             return _openai(await get("/v1/models"))
         health, metrics, extra = await asyncio.gather(
             get("/health"), get("/metrics"), get("/slots" if kind != "vllm" else "/health"))
         if kind == "auto":
+            if health is None and metrics is None and extra is None:  # nothing answers: kind unknown
+                return NativePoll("auto", HealthSample("invalid", detail=_why(None, "/health")))
             props = await get("/props")
             kind = _resolve(health, props, metrics)
             if kind == "openai":

@@ -15,6 +15,7 @@ from ..core.errors import UpstreamError
 from ..core.health import HealthSample, combine, parse_agent_probe, parse_llmhealth
 from ..core.profile import agent_hint
 from ..state.registry import BackendState, Registry
+from .backend_watch import BackendWatch
 from .native_signals import poll_native
 from .upstream import UpstreamClient
 
@@ -26,17 +27,24 @@ AGENT_PROBE_EVERY = 10  # polls between two probes for an agent while none has a
 class Pollers:
     """Owns the poll tasks; ``apply(config)`` restarts them for a new config."""
 
-    def __init__(self, registry: Registry, client: UpstreamClient) -> None:
+    def __init__(self, registry: Registry, client: UpstreamClient, watch: BackendWatch | None = None) -> None:
         self._registry = registry
         self._client = client
+        self.watch = watch  # told after every health poll (backend state changes are logged)
         self._tasks: list[asyncio.Task[None]] = []
 
-    def apply(self, config: Config) -> None:
-        self.stop()
+    def apply_timeouts(self, config: Config) -> None:
         options = config.balancer
         self._health_timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=options.health_connect_timeout_s, sock_read=options.health_read_timeout_s
         )
+
+    def apply(self, config: Config) -> None:
+        self.stop()
+        options = config.balancer
+        self.apply_timeouts(config)
+        if self.watch is not None:
+            self.watch.forget(set(config.servers))
         for name in config.servers:
             self._tasks.append(asyncio.create_task(
                 _every(options.health_poll_interval_s, lambda n=name: self.poll_health(n)), name=f"health:{name}"))
@@ -51,15 +59,20 @@ class Pollers:
     async def poll_health(self, name: str) -> None:
         state = self._registry.state(name)
         configured = state.server.kind
+        warning = None
         if configured == "agent":
             sample = await self._poll_agent(state.server.health_base, name)
             self._registry.record_health(name, sample, state.server.health_base + "/llmhealth")
-            self._warn_about_agent(state, sample)
+            warning = self._warn_about_agent(state, sample)
         elif configured == "auto":
             await self._poll_detected(name)
         else:
             await self._poll_native(name, configured)
         self._announce(state)
+        if self.watch is not None and self._registry.find(name) is state:
+            self.watch.observe(state, warning=warning)  # one line for the agent's silence and the state change
+        elif warning is not None:
+            log.warning("%s", warning)
 
     async def _poll_agent(self, health_base: str, name: str) -> HealthSample:
         try:
@@ -116,22 +129,26 @@ class Pollers:
                         "(start `llama-balancer serve` there for its GPU load, or set health-port to the "
                         "model-port to say there is none)", state.name, server.health_base)
 
-    def _warn_about_agent(self, state: BackendState, sample: HealthSample) -> None:
-        """A configured agent that fails gets one warning a failure streak, with the hint."""
+    def _warn_about_agent(self, state: BackendState, sample: HealthSample) -> str | None:
+        """A configured agent that fails gets one warning a failure streak, with the hint
+        (returned: the backend watch writes it, with the state change it causes)."""
         found, server = state.discovery, state.server
         if sample.status != "invalid":
             if found.warned:
                 log.info("%s: the /llmhealth agent at %s answers again", state.name, server.health_base)
             found.warned, found.agent_seen = False, True
-            return
-        if not found.warned:
-            found.warned = True
-            log.warning("%s: the /llmhealth agent at %s does not answer: %s", state.name, server.health_base,
-                        agent_hint(state.name, sample.detail, server.health_port == server.model_port))
+            return None
+        if found.warned:
+            return None
+        found.warned = True
+        return (f"{state.name}: the /llmhealth agent at {server.health_base} does not answer: "
+                + agent_hint(state.name, sample.detail, server.health_port == server.model_port))
 
     def _announce(self, state: BackendState) -> None:
         """One log line per server once its kind is known, and again on every change."""
         if state.kind == "auto" or not (state.discovery.models_polled or state.served is not None):
+            return
+        if state.status == "invalid":  # what a failing poll cannot read (slots) is no change of kind
             return
         profile = state.profile()
         if profile != state.discovery.announced:
