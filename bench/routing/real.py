@@ -29,6 +29,7 @@ import aiohttp
 
 from . import real_report as report
 from .real_client import run_conversations
+from .real_diag import CpuWatch, SlotSampler, SnapshotSampler, attribute, idle_while_queued
 from .real_servers import Front, LlamaServers, llama_server_binary, model_file, sglang_router_available
 from .real_workload import FULL, SMOKE, Scripts, ServerSpec, Workload, render_chatml, vocabulary
 from .report import read_access_log
@@ -36,6 +37,7 @@ from .run import _machine, _overrides
 from .stack import ROOT
 
 POLICIES = ("round-robin", "least-loaded", "classic", "cache-aware", "sglang-router")
+RAM_POLICIES = ("round-robin", "cache-aware", "sglang-router")  # the default --cache-ram run (time)
 RESULTS = Path(__file__).resolve().parent / "results"
 DOC = ROOT / "docs" / "routing.md"
 
@@ -45,13 +47,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--variants", default="base,skew", help="comma-separated: base,skew (each with --cache-ram 0)")
     p.add_argument("--policies", default=",".join(POLICIES), help="comma-separated: " + ",".join(POLICIES))
-    p.add_argument("--ram-policies", default=",".join(POLICIES), metavar="LIST",
+    p.add_argument("--ram-policies", default=",".join(RAM_POLICIES), metavar="LIST",
                    help="policies also run on base with llama-server's default --cache-ram ('none': skip)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--kind", default=None, help="servers' kind in the balancer config (default: none, "
                    "the product's default detects llama-server)")
     p.add_argument("--routing", action="append", default=[], metavar="KEY=VALUE",
                    help="override a balancer.routing knob (repeatable)")
+    p.add_argument("--diagnose", action="store_true", help="poll each llama-server's /slots every 0.1 s: "
+                   "which slot served each turn, idle slots while the balancer queued (adds load)")
+    p.add_argument("--balancer-commit", default=None, metavar="REV",
+                   help="run the balancer as committed at REV (git archive of src/ into a temporary folder), "
+                        "not the working tree; e.g. HEAD while others edit the tree")
+    p.add_argument("--keep-logs", action="store_true", help="keep every process's log and the access logs "
+                   "under OUT/logs/STAMP (default: a temporary folder, removed)")
     p.add_argument("--smoke", action="store_true", help="tiny conversations of 2 turns; checks the bench works")
     p.add_argument("--out", type=Path, default=RESULTS, help="where the JSON results go")
     p.add_argument("--no-doc", action="store_true", help="do not update docs/routing.md")
@@ -104,11 +113,24 @@ async def run_one(wl: Workload, policy: str, cache_ram: bool, scripts: Scripts, 
                   ns: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     workdir.mkdir(parents=True, exist_ok=True)
     servers = LlamaServers(wl.servers, workdir, cache_ram=cache_ram)
-    front = Front(policy, servers, workdir, ns.kind, ns.routing_overrides)
+    front = Front(policy, servers, workdir, ns.kind, ns.routing_overrides, ns.balancer_src)
+    cpu, sampler, snapper = CpuWatch(), None, None
     try:
         await servers.start()
         await front.start()
+        if ns.diagnose:
+            sampler = SlotSampler({n: servers.url(n) for n in servers.ports})
+            sampler.start(time.monotonic())
+            if policy != "sglang-router":
+                snapper = SnapshotSampler(front.url)
+                snapper.start(sampler.started)
+        cpu.start()
         result = await run_conversations(front.url, scripts)
+        load = cpu.stop()
+        if sampler is not None:
+            await sampler.stop()
+        if snapper is not None:
+            await snapper.stop()
         per_server = await front.per_server_requests()
         metrics = await servers.metrics()
     finally:
@@ -122,16 +144,27 @@ async def run_one(wl: Workload, policy: str, cache_ram: bool, scripts: Scripts, 
     if per_server is None:
         per_server = report.servers_from_log(turns, servers.ports)
     tokens: dict[tuple[str, int], tuple[list[int], int]] = {}
+    preambles = [await tok.ids(f"<|im_start|>system\n{p}") for p in scripts.preambles]
     for t in turns:
         messages = result.messages[t["conversation"]]
         history = render_chatml(messages[:1 + 2 * t["turn"]])  # system .. the previous reply
         prompt = render_chatml(messages[:2 + 2 * t["turn"]]) + "<|im_start|>assistant\n"
         ids = await tok.ids(prompt)
         tokens[(t["conversation"], t["turn"])] = (ids, len(await tok.ids(history)) if t["turn"] else 0)
-    report.ceilings(turns, tokens)
+    report.ceilings(turns, tokens, preambles)
     summary = report.summarize(turns, result.errors, result.wall_s, per_server, metrics)
+    summary["foreign_cpu"] = load["foreign_share"]
+    summary["cpu"] = load
+    if sampler is not None:
+        attribute(turns, sampler.samples)
+        summary["diagnosis"] = {"attributed": sum(1 for t in turns if t["slot"] is not None),
+                                **idle_while_queued(turns, sampler.samples, list(servers.ports), wl.servers[0].slots)}
+        if snapper is not None:
+            summary["diagnosis"]["balancer_view"] = snapper.summary()
     return {"summary": summary, "turns": turns, "errors": result.errors, "front": front.config,
-            "messages": result.messages}
+            "balancer_source": front.balancer_source,
+            "messages": result.messages, "slot_samples": sampler.samples if sampler else None,
+            "snapshot_samples": snapper.samples if snapper else None}
 
 
 async def main_async(ns: argparse.Namespace, argv: list[str]) -> int:
@@ -153,6 +186,12 @@ async def main_async(ns: argparse.Namespace, argv: list[str]) -> int:
     results: dict[str, dict[str, dict[str, Any]]] = {}
     raw: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="routing-real-") as tmp:
+        ns.balancer_src, ns.balancer_rev = None, None
+        if ns.balancer_commit:
+            ns.balancer_rev, ns.balancer_src = export_src(ns.balancer_commit, Path(tmp) / "src-export")
+        if ns.keep_logs:
+            tmp = str(ns.out / "logs" / date.strftime("%Y%m%dT%H%M%SZ"))
+            Path(tmp).mkdir(parents=True, exist_ok=True)
         async with Tokenizer(Path(tmp)) as tok:
             tpw = await tok.tokens_per_word(ns.seed)
             scripts = {v: Scripts(table[v], ns.seed, tpw) for v in {v for v, _, _ in plan}}
@@ -169,13 +208,15 @@ async def main_async(ns: argparse.Namespace, argv: list[str]) -> int:
                 print(f"{key:15s} {policy:13s} turns={s['turns']:3d} hit={_p(s['hit_ratio'])} "
                       f"ceiling={_p(s['ceiling_ratio'])} strict={_p(s['strict_ceiling_ratio'])} "
                       f"ttft p50={s['ttft_p50_ms'] or 0:.0f} p90={s['ttft_p90_ms'] or 0:.0f} ms wall={s['wall_s']:.1f} s "
-                      f"errors={s['errors']} mismatch={s['token_mismatches']} servers={s['per_server']} "
+                      f"errors={s['errors']} mismatch={s['token_mismatches']} other-load={100 * s['foreign_cpu']:.0f}% "
+                      f"servers={s['per_server']} diag={s.get('diagnosis')} "
                       f"reasons={s['reasons']} ({time.monotonic() - t0:.1f} s)", flush=True)
     version = _version(binary)
     meta = {"date": date.strftime("%Y-%m-%d %H:%M UTC"), "machine": _machine(), "took_s": time.monotonic() - started,
             "command": " ".join([".venv/bin/python -m bench.routing.real", *map(shlex.quote, argv)]),
             "seed": ns.seed, "kind": ns.kind, "smoke": ns.smoke, "routing": ns.routing_overrides,
-            "llama_server": version, "tokens_per_word": tpw, "preamble_tokens": preamble_tokens}
+            "llama_server": version, "tokens_per_word": tpw, "preamble_tokens": preamble_tokens,
+            "balancer": f"commit {ns.balancer_rev[:10]}" if ns.balancer_rev else f"working tree at {_head()}"}
     workloads = {v: table[v].to_json() for v in {v for v, _, _ in plan}}
     verdict_list = report.verdicts(results)
     markdown = report.render(meta, workloads, results, verdict_list)
@@ -190,6 +231,31 @@ async def main_async(ns: argparse.Namespace, argv: list[str]) -> int:
         report.update_doc(DOC, markdown)
         print(f"\nupdated {DOC.relative_to(ROOT)}")
     return 1 if any(s["errors"] for p in results.values() for s in p.values()) else 0
+
+
+def export_src(rev: str, into: Path) -> tuple[str, Path]:
+    """``src/`` as committed at ``rev``, written under ``into``: (full commit id, its src folder)."""
+    import subprocess
+
+    commit = subprocess.run(["git", "rev-parse", "--verify", rev + "^{commit}"], cwd=ROOT, check=True,
+                            capture_output=True, text=True).stdout.strip()
+    into.mkdir(parents=True, exist_ok=True)
+    archive = subprocess.run(["git", "archive", commit, "src"], cwd=ROOT, check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    return commit, into / "src"
+
+
+def _head() -> str:
+    import subprocess
+
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short=10", "HEAD"], cwd=ROOT, capture_output=True,
+                              text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "src"], cwd=ROOT, capture_output=True,
+                               text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "?"
+    return head + (" with uncommitted changes in src/" if dirty else "")
 
 
 def _version(binary: Path) -> str:

@@ -47,6 +47,7 @@ def summarize(turns: Sequence[dict[str, Any]], errors: Sequence[str], wall_s: fl
         "hit_ratio": cached / prompt if prompt else None,
         "ceiling_ratio": _share(turns, "ceiling", prompt),
         "strict_ceiling_ratio": _share(turns, "strict_ceiling", prompt),
+        "preamble_ratio": _share(turns, "preamble", prompt),
         "ttft_p50_ms": percentile(ttfts, 0.5),
         "ttft_p90_ms": percentile(ttfts, 0.9),
         "wall_s": wall_s,
@@ -83,18 +84,23 @@ def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     return i
 
 
-def ceilings(turns: list[dict[str, Any]], tokens: dict[tuple[str, int], tuple[list[int], int]]) -> None:
+def ceilings(turns: list[dict[str, Any]], tokens: dict[tuple[str, int], tuple[list[int], int]],
+             preambles: Sequence[Sequence[int]] = ()) -> None:
     """Per turn, from the real tokenizer: ``tokenized`` (its prompt's tokens, a check on
     usage), ``ceiling`` (the issue's: every turn finds its previous prompt and reply cached; a
     first turn 0) and ``strict_ceiling`` (an unbounded cache: a first turn also finds the
     longest prefix any earlier request's prompt shares with it, i.e. its group's preamble).
 
     ``tokens[(conversation, turn)]`` = (the prompt's token ids, how many of them are the
-    history through the previous reply)."""
+    history through the previous reply). With ``preambles`` (each group's rendered tool
+    prompt, tokenized), also ``preamble``: the tokens of the turn's prompt that are its
+    group's preamble, what a policy keeping every group's preamble cached would reuse."""
     earlier: list[list[int]] = []
     for t in sorted(turns, key=lambda t: t["start_s"]):
         ids, history = tokens[(t["conversation"], t["turn"])]
         t["tokenized"] = len(ids)
+        if preambles:
+            t["preamble"] = common_prefix(ids, preambles[t["group"]])
         t["ceiling"] = history if t["turn"] > 0 else 0
         t["strict_ceiling"] = t["ceiling"] if t["turn"] > 0 else max(
             (common_prefix(ids, e) for e in earlier), default=0)
@@ -152,7 +158,7 @@ def _num(v: float | None, fmt: str = "{:.0f}") -> str:
 
 def run_table(policies: dict[str, dict[str, Any]]) -> str:
     lines = ["| policy | turns | hit ratio | vs best other | of ceiling | TTFT p50 ms | TTFT p90 ms "
-             "| p90 vs least-loaded | wall s | requests per server | errors |", "|" + "---|" * 11]
+             "| p90 vs least-loaded | wall s | requests per server | errors | other load |", "|" + "---|" * 12]
     ll = policies.get("least-loaded", {}).get("ttft_p90_ms")
     for policy, s in policies.items():
         others = [o["hit_ratio"] for p, o in policies.items() if p != policy and o.get("hit_ratio") is not None]
@@ -163,21 +169,26 @@ def run_table(policies: dict[str, dict[str, Any]]) -> str:
         servers = " ".join(f"{k}:{v}" for k, v in s["per_server"].items())
         lines.append(f"| {LABELS.get(policy, policy)} | {s['turns']} | {_pct(s['hit_ratio'])} | {vs} | {of} "
                      f"| {_num(s['ttft_p50_ms'])} | {_num(s['ttft_p90_ms'])} | {p90} | {_num(s['wall_s'], '{:.1f}')} "
-                     f"| {servers} | {s['errors']} |")
+                     f"| {servers} | {s['errors']} | {_pct(s.get('foreign_cpu'))} |")
     ceil = [s["ceiling_ratio"] for s in policies.values() if s.get("ceiling_ratio") is not None]
     strict = [s["strict_ceiling_ratio"] for s in policies.values() if s.get("strict_ceiling_ratio") is not None]
     if ceil:
         lines.append(f"| ceiling (previous prompt + reply cached; first turns 0) | — | {_pct(min(ceil))}-{_pct(max(ceil))} "
-                     "| — | 1.00 | — | — | — | — | — | — |")
+                     "| — | 1.00 | — | — | — | — | — | — | — |")
+    pre = [s["preamble_ratio"] for s in policies.values() if s.get("preamble_ratio") is not None]
+    if pre:
+        lines.append(f"| group preamble only (every turn finds its group's tool prompt, no history) | — | "
+                     f"{_pct(min(pre))}-{_pct(max(pre))} | — | — | — | — | — | — | — | — | — |")
     if strict:
         lines.append(f"| unbounded cache (ceiling + shared preamble on first turns) | — | "
-                     f"{_pct(min(strict))}-{_pct(max(strict))} | — | — | — | — | — | — | — | — |")
+                     f"{_pct(min(strict))}-{_pct(max(strict))} | — | — | — | — | — | — | — | — | — |")
     return "\n".join(lines)
 
 
 def render(meta: dict[str, Any], workloads: dict[str, dict[str, Any]],
            results: dict[str, dict[str, dict[str, Any]]], verdict_list: list[dict[str, Any]]) -> str:
-    out = [f"Run {meta['date']} on {meta['machine']}; took {meta['took_s'] / 60:.1f} min; {meta['llama_server']}.",
+    out = [f"Run {meta['date']} on {meta['machine']}; took {meta['took_s'] / 60:.1f} min; {meta['llama_server']}; "
+           f"llama-balancer {meta.get('balancer', '?')}.",
            "", "```sh", meta["command"], "```", "",
            f"Settings: seed {meta['seed']}; balancer config in the seed format "
            + (f"with `\"kind\": \"{meta['kind']}\"`" if meta.get("kind") else "without `kind` (product default)")

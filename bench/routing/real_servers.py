@@ -203,8 +203,10 @@ class Front:
     """What the clients talk to: llama-balancer with a policy, or sglang-router."""
 
     def __init__(self, policy: str, servers: LlamaServers, workdir: Path, kind: str | None,
-                 routing: dict[str, Any] | None = None) -> None:
+                 routing: dict[str, Any] | None = None, balancer_src: Path | None = None) -> None:
         self.policy, self.servers, self.workdir, self.kind = policy, servers, workdir, kind
+        self.balancer_src = balancer_src  # the folder holding llama_balancer/ (None: the installed one)
+        self.balancer_source: str | None = None
         self.routing = routing or {}
         self.access_log = workdir / "access.log"
         self.url = ""
@@ -222,7 +224,8 @@ class Front:
         self.config = balancer_config(self.servers.ports, self.policy, str(self.access_log), self.kind, self.routing)
         self.proc = Proc("llama-balancer", [sys.executable, "-m", "bench.routing.stack", "balancer",
                                             json.dumps(self.config)],
-                         self.workdir / "balancer.log", env={"PYTHONPATH": str(ROOT)}, stdin_pipe=True)
+                         self.workdir / "balancer.log", stdin_pipe=True,
+                         env={"PYTHONPATH": os.pathsep.join([str(self.balancer_src)] * bool(self.balancer_src) + [str(ROOT)])})
         await self.proc.start(stdout_pipe=True)
         assert self.proc.proc is not None and self.proc.proc.stdout is not None
         try:
@@ -231,7 +234,10 @@ class Front:
             raise RuntimeError(f"balancer did not listen within {READY_TIMEOUT_S:g} s:\n{self.proc.tail()}") from None
         if not line:
             raise RuntimeError(f"balancer exited before listening:\n{self.proc.tail()}")
-        self.url = f"http://127.0.0.1:{json.loads(line)['port']}"
+        ready = json.loads(line)
+        self.url, self.balancer_source = f"http://127.0.0.1:{ready['port']}", ready.get("source")
+        if self.balancer_src is not None and not str(self.balancer_source).startswith(str(self.balancer_src)):
+            raise RuntimeError(f"the balancer ran {self.balancer_source}, not the one under {self.balancer_src}")
         await wait_ready(self.url, list(self.servers.ports), timeout_s=READY_TIMEOUT_S)
 
     async def _start_sglang(self) -> None:

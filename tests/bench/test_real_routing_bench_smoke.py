@@ -59,13 +59,15 @@ def test_smoke_completes_every_turn_with_the_servers_own_timings(smoke: dict) ->
 
 
 def test_ceiling_is_the_history_and_a_first_turn_may_find_an_earlier_preamble() -> None:
-    turns = [{"conversation": "a", "turn": 0, "start_s": 0.0}, {"conversation": "b", "turn": 0, "start_s": 1.0},
-             {"conversation": "a", "turn": 1, "start_s": 2.0}]
+    turns = [{"conversation": "a", "turn": 0, "start_s": 0.0, "group": 0},
+             {"conversation": "b", "turn": 0, "start_s": 1.0, "group": 0},
+             {"conversation": "a", "turn": 1, "start_s": 2.0, "group": 0}]
     tokens = {("a", 0): ([1, 5, 6, 7, 8], 0), ("b", 0): ([1, 5, 6, 9], 0), ("a", 1): ([1, 5, 6, 7, 8, 3, 4, 2], 6)}
-    real_report.ceilings(turns, tokens)
+    real_report.ceilings(turns, tokens, [[1, 5, 6, 7]])
     assert [t["ceiling"] for t in turns] == [0, 0, 6]
     assert [t["strict_ceiling"] for t in turns] == [0, 3, 6]
     assert [t["tokenized"] for t in turns] == [5, 4, 8]
+    assert [t["preamble"] for t in turns] == [4, 3, 4]
 
 
 def test_verdicts_compare_cache_aware_with_the_best_other_policy_or_peer() -> None:
