@@ -6,7 +6,7 @@ answers, its log (slot choice, task ids, cancels, prompt-cache saves and loads),
 SDK where one is involved.
 
 Log lines of this build (llama.cpp vendored in llama-cpp-python 0.3.36) that the tests read;
-the first four are printed at the default verbosity, the prompt-cache ones only with ``-v``:
+the first five are printed at the default verbosity, the last three only with ``-v``:
 
     I slot get_availabl: id  1 | task -1 | selected slot by id (1)        a pinned request
     I slot get_availabl: id  1 | task -1 | selected slot by LRU, t_last = -1   (id_slot -1)
