@@ -83,6 +83,8 @@ async def test_streaming_chat_adds_a_usage_chunk_only_with_include_usage(make_si
     assert usage_chunk["usage"]["completion_tokens"] == 2
     assert usage_chunk["usage"]["prompt_tokens"] == 15
     assert events[-3]["choices"][0]["finish_reason"] == "length"
+    # as on llama-server: the timings move from the finish chunk to the usage chunk
+    assert "timings" not in events[-3] and usage_chunk["timings"]["predicted_n"] == 2
 
 
 async def test_stream_events_reach_the_client_before_generation_ends(make_sim, session):
@@ -123,6 +125,34 @@ async def test_text_completions_use_the_text_completion_shape(make_sim, session,
     assert events[2]["choices"][0]["finish_reason"] == "length"
     assert "timings" in events[2]
     assert events[3] == "[DONE]"
+
+
+async def test_text_streams_end_with_usage_and_timings_and_never_a_usage_chunk(make_sim, session, sse):
+    """llama-server's /v1/completions stream: the finish chunk carries both, include_usage or not."""
+    sim = await make_sim(fast=True)
+    for extra in ({}, {"stream_options": {"include_usage": True}}):
+        body = {"prompt": "Once upon a time", "max_tokens": 2, "stream": True} | extra
+        async with session.post(f"{sim.url}/v1/completions", json=body) as resp:
+            events = sse(await resp.text())
+        assert len(events) == 4 and events[-1] == "[DONE]"
+        finish = events[-2]
+        assert finish["choices"][0]["finish_reason"] == "length"
+        assert finish["usage"]["completion_tokens"] == 2 and finish["timings"]["predicted_n"] == 2
+        assert finish["id"].startswith("chatcmpl-"), "llama-server's prefix, text completions too"
+
+
+async def test_native_stream_chunks_carry_token_ids_and_the_last_the_settings(make_sim, session, sse):
+    sim = await make_sim(fast=True)
+    body = {"prompt": "Once upon a time", "n_predict": 2, "stream": True, "ignore_eos": True, "temperature": 0}
+    async with session.post(f"{sim.url}/completion", json=body) as resp:
+        assert "Cache-Control" not in resp.headers
+        events = sse(await resp.text())
+    assert [len(e["tokens"]) for e in events] == [1, 1, 0]
+    assert all(isinstance(e["tokens"][0], int) and e["id_slot"] == -1 for e in events[:2])
+    settings = events[-1]["generation_settings"]
+    assert (settings["n_predict"], settings["max_tokens"], settings["stream"]) == (2, 2, True)
+    assert (settings["temperature"], settings["ignore_eos"]) == (0.0, True)
+    assert [b["token"] for b in settings["logit_bias"]] == [2, 32001]
 
 
 async def test_native_completion_answers_slot_cache_and_timings(make_sim, session):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import http.client
 
 CHAT = {"messages": [{"role": "user", "content": "hello"}], "max_tokens": 2}
 
@@ -193,3 +194,50 @@ async def test_sim_stream_sends_its_first_chunk_before_the_rest_exist(make_sim, 
         assert not resp.content.at_eof()
         rest = await resp.read()
     assert rest == b"chunk 1\nchunk 2\n"
+
+
+async def test_error_answers_close_the_connection_and_others_name_the_keep_alive_limits(make_sim, session):
+    """As llama-server (cpp-httplib): no Date, "Keep-Alive: timeout=5, max=100" on a kept
+    connection, "Connection: close" on any 4xx or 5xx."""
+    sim = await make_sim(fast=True)
+    async with session.get(f"{sim.url}/health") as resp:
+        assert resp.headers["Keep-Alive"] == "timeout=5, max=100"
+        assert "Date" not in resp.headers and "Connection" not in resp.headers
+    for method, path, data in (("GET", "/nope", None), ("POST", "/completion", b"{"),
+                               ("POST", "/v1/chat/completions", b"{}")):
+        async with session.request(method, f"{sim.url}{path}", data=data) as resp:
+            assert resp.status >= 400 and resp.headers["Connection"] == "close", path
+            assert "Keep-Alive" not in resp.headers
+
+
+def _answers_until_close(port: int, limit: int) -> int:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        for count in range(1, limit + 1):
+            conn.request("GET", "/health")
+            answer = conn.getresponse()
+            answer.read()
+            if answer.getheader("Connection") == "close":
+                return count
+        return limit
+    finally:
+        conn.close()
+
+
+async def test_a_connection_is_closed_after_its_keepalive_max_requests(make_sim):
+    sim = await make_sim(fast=True, keepalive_max_requests=3)
+    assert await asyncio.to_thread(_answers_until_close, sim.port, 10) == 3
+    sim.config.keepalive_max_requests = 0
+    assert await asyncio.to_thread(_answers_until_close, sim.port, 10) == 10, "0: no limit"
+
+
+async def test_metrics_are_in_llama_servers_order_and_format(make_sim, session):
+    sim = await make_sim(fast=True)
+    async with session.get(f"{sim.url}/metrics") as resp:
+        assert resp.headers["Content-Type"] == "text/plain; version=0.0.4"
+        assert resp.headers["Process-Start-Time-Unix"].isdigit()
+        text = await resp.text()
+    samples = [line.split() for line in text.splitlines() if line.startswith("llamacpp:")]
+    assert samples[0] == ["llamacpp:prompt_tokens_total", "0"], "integral values print as C++ streams do"
+    assert samples[-1][0] == "llamacpp:n_busy_slots_per_decode"
+    assert "llamacpp:spec_decode_num_drafts_total" in [name for name, _ in samples]

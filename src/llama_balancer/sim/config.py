@@ -127,9 +127,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="evicted slot prompts kept in host memory and restored, like llama-server's "
                         "--cache-ram (default 0: off)")
     p.add_argument("--keepalive-timeout", type=float, default=5.0,
-                   help="seconds an idle keep-alive connection stays open (llama-server: 5)")
+                   help="seconds an idle keep-alive connection stays open, as llama-server's; 0: aiohttp's 75 "
+                        "(default: %(default)s)")
     p.add_argument("--keepalive-max", type=int, default=100,
-                   help="requests per connection before it is closed (llama-server: 100; 0: no limit)")
+                   help="requests per connection before the server closes it, as llama-server does; 0: no "
+                        "limit (default: %(default)s)")
     return p
 
 
