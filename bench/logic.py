@@ -49,10 +49,10 @@ async def measure(requests: int) -> dict[str, float]:
         t1 = clock()
         resolved = resolve(ctx, ex.model, payload)
         t2 = clock()
-        placed = await obtain(ctx, ex, resolved, set())
+        placed, lease = await obtain(ctx, ex, resolved, set())
         t3 = clock()
         ex.server, ex.instance, ex.reason = placed.server, placed.instance, placed.reason
-        async with ctx.registry.slot(placed.server, placed.instance or "(none)", None):
+        async with ctx.registry.slot(placed.server, placed.instance or "(none)", None, lease):
             ctx.affinity.record(placed.server, placed.instance, None, resolved.fingerprint)
             ctx.sticky.bind(ex.identity, ex.ip, resolved.requested, placed.server, placed.instance)
             ctx.sticky.refresh(ex.identity, resolved.requested, placed.server, placed.instance)

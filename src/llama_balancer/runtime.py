@@ -27,6 +27,7 @@ from .io.gpu import GpuMonitor, GpuSampler, detect_sampler
 from .io.observability import AccessLog, Metrics, QuietProtocolErrors, queue_gauges
 from .io.oplog import event
 from .io.pollers import Pollers
+from .io.shared_state import SharedCollector, SharedState
 from .io.sampling import DashboardSampler
 from .io.upstream import UpstreamClient
 from .io.wire_pool import WirePool
@@ -91,6 +92,10 @@ class Runtime:
         self._sampler = DashboardSampler(registry, queue, ctx.series, ctx.events, ctx.metrics,
                                          lambda: ctx.config.balancer.dashboard_sample_s)
         registry.on_release = self.context.queue.wake_all
+        if options.shared_state is not None:  # replicas sharing state through Redis (docs/scale-out.md)
+            ctx = self.context
+            ctx.shared = SharedState(options.shared_state, registry, ctx.sticky, ctx.affinity, clock)
+            ctx.metrics.prom.register(SharedCollector(ctx.shared))
         self.config_path = config_path
         self._watcher: ConfigWatcher | None = None
         if config_path is not None:
@@ -105,6 +110,8 @@ class Runtime:
         ctx = self.context
         options = ctx.config.balancer
         await ctx.client.start()
+        if ctx.shared is not None:
+            await ctx.shared.start()
         ctx.pollers.apply(ctx.config)
         ctx.gpu.start()
         self._sampler.start()
@@ -167,6 +174,8 @@ class Runtime:
         ctx.trusted = TrustedProxies(options.trusted_proxies)
         ctx.queue.max_size = options.routing.queue_max
         ctx.affinity.entries = options.routing.affinity_entries
+        if options.shared_state != ctx.config.balancer.shared_state:
+            log.warning("balancer.shared_state changed: the new settings take effect at the next restart")
         ctx.config = config  # requests already placed keep the server they were given
         ctx.pollers.apply(config)
         ctx.info.update(loaded_at=iso_utc(ctx.clock.wall()), error=None, error_at=None)
@@ -198,6 +207,8 @@ class Runtime:
                      extra=event("drain_end", duration_s=took, cut=cut))
         self.front = self._runner = None
         ctx.pollers.stop()
+        if ctx.shared is not None:
+            await ctx.shared.stop()  # after the drain: the leases were given back by then
         await ctx.gpu.stop()
         await self._sampler.stop()
         await ctx.client.close()

@@ -100,6 +100,50 @@ class RoutingOptions(BaseModel):
                               self.hold_min_gain_ratio)
 
 
+class SharedStateOptions(BaseModel):
+    """Replicas sharing limits, bindings and affinity through Redis (docs/scale-out.md).
+
+    Leases last ``lease_ttl_s`` unless renewed (every ``renew_interval_s``, with the liveness
+    key), so a replica killed outright frees its places within about ``lease_ttl_s`` plus
+    one renewal. Admission waits for Redis at most ``admit_timeout_s``, then the replica
+    goes degraded: ``ceil(request-max / live replicas)`` of its own.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    redis_url: str
+    key_prefix: str = Field("llama-balancer:", min_length=1)
+    replica_id: str | None = Field(None, min_length=1, max_length=200)  # default: host-pid-random
+    lease_ttl_s: float = Field(4.0, gt=0)
+    renew_interval_s: float = Field(1.0, gt=0)  # lease renewal and liveness refresh, in one call
+    liveness_ttl_s: float = Field(3.0, gt=0)
+    admit_timeout_s: float = Field(0.1, gt=0)
+    op_timeout_s: float = Field(1.0, gt=0)  # background calls: renewal, writes, loads
+    connect_timeout_s: float = Field(1.0, gt=0)
+    retry_interval_s: float = Field(1.0, gt=0)  # reconnect attempts while degraded
+    assumed_replicas: int = Field(1, ge=1)  # live replicas assumed before Redis was ever reached
+    sticky_entries: int = Field(10000, ge=1)  # bindings kept in Redis
+    affinity_entries: int = Field(4096, ge=1)  # prompt records kept in Redis
+    affinity_ttl_s: float = Field(900.0, gt=0)
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("redis", "rediss") or not parts.hostname:
+            raise ValueError(f"expected redis://host:port/db (or rediss://), got {value!r}")
+        db = parts.path.strip("/")
+        if db and not db.isdigit():
+            raise ValueError(f"expected a database number after the port, got {parts.path!r}")
+        return value
+
+    def model_post_init(self, context: Any, /) -> None:
+        if self.lease_ttl_s < 2 * self.renew_interval_s:
+            raise ValueError("lease_ttl_s must be at least twice renew_interval_s (a lease must survive a late renewal)")
+        if self.liveness_ttl_s <= self.renew_interval_s:
+            raise ValueError("liveness_ttl_s must be longer than renew_interval_s")
+
+
 class BalancerOptions(BaseModel):
     """Tuning knobs; every interval is configurable so tests run in milliseconds."""
 
@@ -139,6 +183,7 @@ class BalancerOptions(BaseModel):
     # then answered by the balancer. Empty: CORS is the backends' business, as before.
     cors_origins: list[str] = Field(default_factory=list)
     routing: RoutingOptions = Field(default_factory=RoutingOptions)
+    shared_state: SharedStateOptions | None = None  # absent: one process, state in memory
 
     @field_validator("trusted_proxies")
     @classmethod

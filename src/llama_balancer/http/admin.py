@@ -52,6 +52,7 @@ async def handle_snapshot(request: web.Request) -> web.Response:
         "routing": {"policy": config.balancer.routing.policy},
         "queue": queue,
         "affinity": ctx.affinity.snapshot(),
+        "shared_state": ctx.shared.snapshot() if ctx.shared is not None else {"enabled": False, "mode": "off"},
         "decisions": ctx.stats.decisions(),
         "config": ctx.info,
         "now": iso_utc(ctx.clock.wall()),

@@ -14,6 +14,7 @@ from ..io.gpu import GpuMonitor
 from ..io.observability import AccessLog, Metrics
 from ..io.oplog import Notices
 from ..io.pollers import Pollers
+from ..io.shared_state import SharedState
 from ..io.upstream import UpstreamClient
 from ..state.access_stats import AccessStats
 from ..state.affinity import AffinityStore
@@ -45,6 +46,7 @@ class AppContext:
     notices: Notices = field(default_factory=Notices)  # throttled log lines (retries, 429s, unknown models)
     series: BackendSeries = field(default_factory=lambda: BackendSeries(2.0))  # dashboard, per backend, 15 min
     events: EventCounts = field(default_factory=EventCounts)  # dashboard errors panel, last hour
+    shared: SharedState | None = None  # replicas sharing state through Redis; None: one process
     turns: int = 0  # round-robin position (baseline policy)
     info: dict[str, Any] = field(default_factory=dict)  # config path, loaded_at, last error
     # Set by the runtime: re-read the config file; answers {"ok": bool, ...}.

@@ -1,5 +1,9 @@
 """Where a routed request goes: the configured policy over live state, waiting in the
-bounded queue while every eligible backend is full."""
+bounded queue while every eligible backend is full.
+
+Where replicas share limits, a place on a server with ``request-max`` is also a lease that
+the registry's admission grants (one Redis call); a refusal (another replica took the last
+place) counts as full: the request re-decides, or waits in the queue like any other."""
 from __future__ import annotations
 
 import time
@@ -14,6 +18,7 @@ from ..core.placement import Decision, Place, Queue, Reject, match_threshold, pl
 from ..core.prefix import Fingerprint
 from ..core.routing import Route, choose_route
 from ..state.exchange import Exchange
+from ..state.leases import Lease
 from ..state.queue import QueueFull, Ticket
 from ..state.targets import build_targets
 from .context import AppContext
@@ -34,12 +39,15 @@ class Resolved:
     fingerprint: Fingerprint
 
 
-async def obtain(ctx: AppContext, ex: Exchange, resolved: Resolved, excluded: set[str]) -> Place:
-    """A placement now, or after waiting in the queue; raises NoBackend/QueueFull/QueueTimeout."""
+async def obtain(ctx: AppContext, ex: Exchange, resolved: Resolved,
+                 excluded: set[str]) -> tuple[Place, Lease | None]:
+    """A placement (and its lease, where limits are shared) now, or after waiting in the
+    queue; raises NoBackend/QueueFull/QueueTimeout."""
     config = ctx.config
     routing = config.balancer.routing
     deadline = ex.started + routing.queue_timeout_s
     ticket: Ticket | None = None
+    refused = False  # the last admission was refused: re-decide once before waiting
     try:
         while True:
             # Holding out for a cached slot needs a place in the queue: never a 429 for it.
@@ -47,8 +55,18 @@ async def obtain(ctx: AppContext, ex: Exchange, resolved: Resolved, excluded: se
             decision = decide(ctx, ex, resolved, excluded, may_hold)
             if isinstance(decision, Place):
                 if ticket is None or not _better_waiter(ctx, ticket, decision, resolved):
-                    return decision
-                decision = Queue("a waiting request has this prompt cached there")
+                    if ctx.registry.admission is None:
+                        return decision, None
+                    lease = await ctx.registry.admit(decision.server)
+                    if lease is not None:
+                        return decision, lease
+                    if not refused:  # the refusal taught us the server is full: look again
+                        refused = True
+                        continue
+                    decision = Queue("another replica holds the last place")
+                else:
+                    decision = Queue("a waiting request has this prompt cached there")
+            refused = False
             if not isinstance(decision, Queue):
                 raise NoBackend(f"{decision.message}: {resolved.requested!r}")
             if ticket is None:

@@ -26,6 +26,7 @@ from ..core.prefix import fingerprint
 from ..core.rewrite import apply_rewrites
 from ..io.forward import relay_response
 from ..state.exchange import Exchange
+from ..state.leases import Lease
 from .body import model_of, parse_payload, read_limited
 from .context import AppContext, context_of
 from .decide import Resolved, obtain
@@ -150,16 +151,21 @@ async def _route_and_send(ctx: AppContext, call: Call, ex: Exchange, resolved: R
     excluded: set[str] = set()
     first_failure: str | None = None
     while True:
-        placed = await obtain(ctx, ex, resolved, excluded)
-        server = ctx.config.servers[placed.server]
-        pinned = _pin(ctx, call.path, placed)
-        body = _body_for(resolved, call.body, placed, pinned)
+        placed, lease = await obtain(ctx, ex, resolved, excluded)
+        try:
+            server = ctx.config.servers[placed.server]
+            pinned = _pin(ctx, call.path, placed)
+            body = _body_for(resolved, call.body, placed, pinned)
+        except BaseException:
+            if lease is not None:
+                lease.release()  # the slot that would give it back was never entered
+            raise
         ex.server, ex.instance, ex.reason = placed.server, placed.instance, placed.reason
         ex.model_label = _label(ctx, placed.server, resolved.upstream_model)
         note_decision(ex, resolved.candidates, excluded, pinned, placed.match_chars)
         last_try = ex.retries >= routing.max_retries or len(excluded) + 1 >= len(resolved.candidates)
         try:
-            response = await _send(ctx, call, ex, server, body, pinned, last_try, resolved, attempt)
+            response = await _send(ctx, call, ex, server, body, pinned, last_try, resolved, attempt, lease)
         except RetryElsewhere as failure:
             _note_failure(ctx, ex, failure)
             first_failure = first_failure or failure.server
@@ -210,19 +216,24 @@ def _label(ctx: AppContext, server: str, upstream_model: str) -> str:
 
 
 async def _send(ctx: AppContext, call: Call, ex: Exchange, server: ServerConfig, body: bytes, pinned: int | None,
-                last_try: bool, resolved: Resolved | None, attempt: Attempt[R]) -> R:
-    """One attempt on one backend, holding its slot; ``resolved`` is None for the fallback path
-    (no routing state). Raises RetryElsewhere for a failure before the answer started, unless
-    ``last_try``."""
+                last_try: bool, resolved: Resolved | None, attempt: Attempt[R], lease: Lease | None = None) -> R:
+    """One attempt on one backend, holding its slot (and the lease, which the slot gives
+    back); ``resolved`` is None for the fallback path (no routing state). Raises
+    RetryElsewhere for a failure before the answer started, unless ``last_try``."""
     name, instance = ex.server or "", ex.instance or ""
-    headers = headers_for(ctx, call.headers, server, ex.request_id, body_replaced=True)
+    try:
+        headers = headers_for(ctx, call.headers, server, ex.request_id, body_replaced=True)
+    except BaseException:
+        if lease is not None:
+            lease.release()
+        raise
 
     def answered() -> None:
         ctx.registry.record_success(name)
         if resolved is not None:
             ctx.sticky.bind(ex.identity, ex.ip, resolved.requested, name, instance)
 
-    async with ctx.registry.slot(name, instance or "(none)", pinned):
+    async with ctx.registry.slot(name, instance or "(none)", pinned, lease):
         if resolved is not None:
             ctx.affinity.record(name, instance, pinned, resolved.fingerprint)
         try:

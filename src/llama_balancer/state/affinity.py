@@ -1,9 +1,12 @@
 """Which prompt prefixes were recently sent where: per server x instance, and per
-llama-server slot where the balancer pinned one. Bounded LRUs of fingerprint hashes."""
+llama-server slot where the balancer pinned one. Bounded LRUs of fingerprint hashes.
+
+Where replicas share state, each record goes to ``on_record`` too (written behind the
+request), and other replicas' records come in through ``record(..., share=False)``."""
 from __future__ import annotations
 
 from collections import Counter, OrderedDict
-from typing import Any, Container
+from typing import Any, Callable, Container
 
 from ..core.prefix import Fingerprint, longest_match
 
@@ -42,10 +45,13 @@ class AffinityStore:
         self._slots: dict[tuple[str, int], frozenset[int]] = {}  # the hashes of a slot's prompt
         self._slot_fp: dict[tuple[str, int], Fingerprint] = {}  # the prompt a slot holds
         self._held = Counter[int]()  # block hash -> how many slots hold that prefix
+        self.on_record: Callable[[str, str, int | None, Fingerprint], None] | None = None
 
-    def record(self, server: str, instance: str, slot: int | None, fp: Fingerprint) -> None:
+    def record(self, server: str, instance: str, slot: int | None, fp: Fingerprint, share: bool = True) -> None:
         if not fp.hashes:
             return
+        if share and self.on_record is not None:
+            self.on_record(server, instance, slot, fp)
         self._lru(self._targets, (server, instance)).add_all(fp.hashes)
         if slot is not None:
             # A llama-server slot keeps the KV cache of its last prompt only: this prompt

@@ -1,7 +1,8 @@
 """Backends as the balancer sees them: health windows, discovered models, in-flight counts.
 
 In-flight counts change only through ``async with registry.slot(server, instance)``, so every
-exit path (error, cancellation, client gone, backend reset) gives the count back.
+exit path (error, cancellation, client gone, backend reset) gives the count back. Where
+replicas share limits (io/shared_state.py), the slot also holds the request's lease.
 """
 from __future__ import annotations
 
@@ -13,9 +14,11 @@ from ..core.config import Config, ServerConfig
 from ..core.health import HealthSample, Status, judge
 from ..core.models import instances_of
 from ..core.profile import BackendProfile
+from ..core.replicas import replica_limit
 from ..core.routing import ServerView
 from ..core.signals import BackendLoad, SlotsInfo
 from .clock import Clock, iso_utc
+from .leases import Admission, Lease
 from .pace import Pace
 
 INSTANCES_REMEMBERED = 256  # model names per backend whose instance list is kept
@@ -64,6 +67,12 @@ class BackendState:
     failures: int = 0  # consecutive request failures (passive health)
     suspect: bool = False  # a request failed since the last good poll
     open_until: float | None = None  # circuit open: no requests before this (monotonic)
+    # Shared limits: the request-max this replica applies (its share while degraded), the
+    # places other replicas hold (last known: a hint, Redis decides), and our admissions
+    # waiting for Redis's answer.
+    limit: int | None = None
+    remote: int = 0
+    admitting: int = 0
     # instances() answers for the ``served`` tuple they were computed from.
     _instances: tuple[tuple[str, ...] | None, dict[str, list[str]]] = field(
         default_factory=lambda: (None, {}), init=False, repr=False, compare=False)
@@ -84,6 +93,12 @@ class BackendState:
             if len(memo) < INSTANCES_REMEMBERED:
                 memo[model] = found
         return found
+
+    @property
+    def counted(self) -> int:
+        """Requests counted against ``limit``: ours in flight or being admitted, and the
+        other replicas' (0 unless limits are shared)."""
+        return self.total + self.remote + self.admitting
 
     @property
     def status(self) -> Status:
@@ -107,12 +122,13 @@ class BackendState:
 class InflightSlot:
     """Counts one request on server x instance while the ``async with`` body runs."""
 
-    __slots__ = ("_state", "_instance", "_held", "_pinned", "_on_release", "_now", "_since")
+    __slots__ = ("_state", "_instance", "_held", "_pinned", "_on_release", "_now", "_since", "_lease")
 
     def __init__(self, state: BackendState, instance: str, pinned: int | None = None,
                  on_release: Callable[[], None] | None = None,
-                 now: Callable[[], float] | None = None) -> None:
+                 now: Callable[[], float] | None = None, lease: Lease | None = None) -> None:
         self._state = state
+        self._lease = lease
         self._instance = instance
         self._held = False
         self._pinned = pinned
@@ -155,6 +171,8 @@ class InflightSlot:
                 state.pinned_since.pop(self._pinned, None)
             if self._now is not None:
                 state.pace.observe_occupancy(self._now() - self._since)
+        if self._lease is not None:
+            self._lease.release()
         if self._on_release is not None:
             self._on_release()  # capacity freed: queued requests look again
 
@@ -166,6 +184,12 @@ class Registry:
         self._clock = clock
         self._states: dict[str, BackendState] = {}
         self.on_release: Callable[[], None] | None = None
+        # Shared limits (io/shared_state.py): who grants leases, and the live replicas whose
+        # share applies while Redis is unreachable (None: shared, or no sharing at all).
+        self.admission: Admission | None = None
+        self._degraded_live: int | None = None
+        # A request failed on a server (suspect, maybe circuit opened): shared with replicas.
+        self.on_health: Callable[[BackendState], None] | None = None
         self.reconfigure(config)
 
     def reconfigure(self, config: Config) -> None:
@@ -192,7 +216,36 @@ class Registry:
             if state.samples.maxlen != window:
                 state.samples = deque(state.samples, maxlen=window)
             states[name] = state
+        for state in states.values():
+            state.limit = replica_limit(state.server.request_max, self._degraded_live)
         self._states = states
+
+    def set_degraded(self, live: int | None) -> None:
+        """Shared limits lost (``live``: the replicas last known) or back (None): each
+        server's limit becomes the share of it, or the whole limit over every replica."""
+        self._degraded_live = live
+        for state in self._states.values():
+            state.limit = replica_limit(state.server.request_max, live)
+            if live is not None:
+                state.remote = 0  # while degraded only our own requests count
+
+    async def admit(self, name: str) -> Lease | None:
+        """A lease on ``name`` under the shared limit, None when it is full. Without shared
+        limits, or for a server without request-max, every request is admitted (no lease)."""
+        state = self._states[name]
+        if self.admission is None or state.server.request_max is None:
+            return NO_LEASE
+        return await self.admission.admit(state)
+
+    def merge_health(self, name: str, suspect: bool, open_until: float | None) -> None:
+        """Another replica saw requests fail there: suspect too, and its circuit's end."""
+        state = self._states.get(name)
+        if state is None:
+            return
+        if suspect:
+            state.suspect = True
+        if open_until is not None and (state.open_until is None or open_until > state.open_until):
+            state.open_until = open_until
 
     def names(self) -> list[str]:
         return list(self._states)
@@ -204,8 +257,9 @@ class Registry:
         """The state, or None when a reload removed the server (a poll may outlive it)."""
         return self._states.get(name)
 
-    def slot(self, name: str, instance: str, pinned: int | None = None) -> InflightSlot:
-        return InflightSlot(self._states[name], instance, pinned, self.on_release, self._clock.monotonic)
+    def slot(self, name: str, instance: str, pinned: int | None = None, lease: Lease | None = None) -> InflightSlot:
+        return InflightSlot(self._states[name], instance, pinned, self.on_release, self._clock.monotonic,
+                            lease if lease is not NO_LEASE else None)
 
     def poll_mark(self, name: str) -> PollMark:
         """Our own share of a server's work as a poll is sent (see ``record_signals``)."""
@@ -238,6 +292,8 @@ class Registry:
         if state.failures >= circuit_failures:
             state.open_until = self._clock.monotonic() + circuit_open_s
             state.failures = 0
+        if self.on_health is not None:
+            self.on_health(state)
 
     def record_success(self, name: str) -> None:
         state = self._states.get(name)
@@ -273,8 +329,8 @@ class Registry:
         return ServerView(
             name=name,
             status="invalid" if health == "suspect" else health,  # type: ignore[arg-type]
-            total_inflight=state.total,
-            request_max=state.server.request_max,
+            total_inflight=state.counted,
+            request_max=state.limit,
             served=state.served,
             inflight=state.inflight,
         )
@@ -319,4 +375,10 @@ class Registry:
             "polled_waiting": load.waiting if load else None,
             "kv_usage": load.kv_usage if load else None,
             "slot_occupancy_s": None if state.pace.occupancy_s is None else round(state.pace.occupancy_s, 3),
+            # Shared limits: the limit this replica applies now, and other replicas' places.
+            "request_max_effective": state.limit,
+            "remote_inflight": state.remote,
         }
+
+
+NO_LEASE = Lease("", "", None)  # admitted without a shared limit: nothing to give back

@@ -59,10 +59,10 @@ def _target(state: BackendState, instance: str, order: int, affinity: AffinitySt
     match_chars = affinity.match_chars(state.name, instance, fp)
     status = state.health(now)
     if slots is None:
-        request_max = state.server.request_max  # free_capacity without slots
-        capacity = None if request_max is None else max(request_max - state.total, 0)
+        request_max = state.limit  # free_capacity without slots
+        capacity = None if request_max is None else max(request_max - state.counted, 0)
         return Target(state.name, instance, order, status, load, capacity, match_chars)  # type: ignore[arg-type]
-    capacity = free_capacity(state.server.request_max, state.total, slots.total, load)
+    capacity = free_capacity(state.limit, state.counted, slots.total, load)
     # Idle: what the poll saw idle, plus slots it saw busy only with our own pinned requests
     # (ended since, unless pinned again); minus the slots our requests hold now.
     pinned, pinned_at_poll = state.pinned, state.pinned_at_poll
