@@ -13,6 +13,7 @@ from llama_balancer.core.signals import (
     Slot,
     SlotsInfo,
     VllmMetrics,
+    emptied_idle_slot,
     free_capacity,
     fuse_load,
     guess_kind,
@@ -148,7 +149,7 @@ def test_slot_after_use_reports_its_prompt_and_cache_counts():
 
     assert info is not None
     assert info.busy_ids == (0,) and info.idle_ids == (1,)
-    assert info.slots[0] == Slot(0, True, 2048, None, 37, 36)
+    assert info.slots[0] == Slot(0, True, 2048, None, 37, 36, id_task=12)
 
 
 def test_older_servers_state_field_is_read_as_processing():
@@ -366,3 +367,16 @@ def test_slots_info_of_no_slots_is_empty():
     info = SlotsInfo(())
 
     assert (info.total, info.busy, info.idle) == (0, 0, 0)
+
+
+def test_an_idle_slot_emptied_by_the_server_is_recognised():
+    """/slots of a kv-unified llama-server after another slot started (seen on a real one):
+    the idle slot keeps its id_task, its n_prompt_tokens drops to 0."""
+    used = parse_llamacpp_slots(b'[{"id":0,"n_ctx":4096,"is_processing":false,"id_task":3,"n_prompt_tokens":1094},'
+                                b'{"id":1,"n_ctx":4096,"is_processing":false}]')
+    emptied = parse_llamacpp_slots(b'[{"id":0,"n_ctx":4096,"is_processing":false,"id_task":3,"n_prompt_tokens":0},'
+                                   b'{"id":1,"n_ctx":4096,"is_processing":true,"id_task":5,"n_prompt_tokens":0}]')
+    assert emptied_idle_slot(None, emptied) and emptied_idle_slot(used, emptied)
+    assert not emptied_idle_slot(None, used)  # a never-used slot (no id_task) is not "emptied"
+    busy_empty = parse_llamacpp_slots(b'[{"id":0,"is_processing":true,"id_task":3,"n_prompt_tokens":0}]')
+    assert not emptied_idle_slot(used, busy_empty)  # a slot starting a task is not idle

@@ -172,3 +172,17 @@ async def test_a_bad_chunk_size_mid_answer_fails_the_relay_and_is_never_relayed(
     assert failure.value.kind == "protocol" and upstream.closed
     assert bytes(client.written) == b"HEAD\r\n\r\n2\r\nok\r\n"  # the bad piece never crossed
     assert pool.idle_connections == 0
+
+
+async def test_a_pooled_connection_is_not_reused_past_the_backends_keep_alive_timeout():
+    """llama-server answers ``Keep-Alive: timeout=5`` and closes an idle connection then;
+    the pool keeps it a second less, so no request is ever written into that close."""
+    pool, conn, upstream = await answered(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nKeep-Alive: timeout=5, max=100\r\n\r\n")
+    done = conn.relay(Recorder(), b"HEAD\r\n\r\n", exchange())
+    conn.data_received(b"ok")
+    await done
+    assert pool.idle_connections == 1 and conn.keepalive_s == 4.0
+    assert pool._pooled(conn.key) is conn  # fresh: reused
+    pool.put_back(conn)
+    conn.idle_since -= 4.5  # idle longer than the backend's timeout minus a second
+    assert pool._pooled(conn.key) is None and upstream.closed

@@ -15,12 +15,14 @@ class BackendProfile:
     agent: bool  # an /llmhealth agent answers on the health port
     slots: int | None = None
     models: tuple[str, ...] | None = None
+    pinned: bool = True  # slots are pinned (False: the server empties idle slots itself)
 
     def describe(self, name: str, model_base: str, health_base: str) -> str:
         """``PC1 http://10.0.0.2:8081 llama.cpp, 2 slots, models [a, b], agent on :18000``."""
         parts = [f"{name} {model_base} {self.kind}"]
         if self.slots is not None:
-            parts.append(f"{self.slots} slot" + ("" if self.slots == 1 else "s"))
+            parts.append(f"{self.slots} slot" + ("" if self.slots == 1 else "s")
+                         + ("" if self.pinned else " (not pinned: the server empties idle slots)"))
         parts.append("models " + ("[" + ", ".join(self.models) + "]" if self.models is not None else "unknown"))
         if self.agent and self.kind != "agent":
             parts.append("agent on :" + health_base.rsplit(":", 1)[-1])

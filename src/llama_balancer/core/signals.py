@@ -34,6 +34,7 @@ class Slot:
     model: str | None = None
     n_prompt_tokens: int | None = None
     n_prompt_tokens_cache: int | None = None
+    id_task: int | None = None  # the last task it ran (absent on a slot never used)
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,16 @@ class SlotsInfo:
         return {}
 
 
+def emptied_idle_slot(before: SlotsInfo | None, now: SlotsInfo) -> bool:
+    """Whether a slot that ran a task (or held a prompt at the last poll) is idle and empty
+    now: the server clears idle slots (llama-server with a unified KV cache, its default
+    without ``--parallel``, saves an idle slot to its host cache and empties it as soon as
+    another slot starts; /slots keeps its ``id_task`` with ``n_prompt_tokens`` 0)."""
+    held = {s.id for s in before.slots if s.n_prompt_tokens} if before is not None else set()
+    return any(not s.processing and s.n_prompt_tokens == 0 and (s.id_task is not None or s.id in held)
+               for s in now.slots)
+
+
 def parse_llamacpp_slots(body: bytes) -> SlotsInfo | None:
     """``GET /slots``: a list of slot objects. An error body or an empty list gives None.
 
@@ -119,6 +130,7 @@ def _slot(index: int, item: dict[str, Any]) -> Slot:
         model=model if isinstance(model, str) else None,
         n_prompt_tokens=_int(item.get("n_prompt_tokens")),
         n_prompt_tokens_cache=_int(item.get("n_prompt_tokens_cache")),
+        id_task=_int(item.get("id_task")),
     )
 
 

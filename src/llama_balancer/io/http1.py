@@ -31,6 +31,7 @@ class AnswerHead:
     keep_alive: bool
     transfer_encoding: str = ""  # as sent, restated to the client (the bytes pass unchanged)
     event_stream: bool = False  # Content-Type: text/event-stream (a streamed answer)
+    keepalive_s: float | None = None  # the backend's "Keep-Alive: timeout=N": it closes idle ones then
 
     @property
     def has_body(self) -> bool:
@@ -105,6 +106,7 @@ def _answer_head(status: int, keep_alive: bool, reason: bytes, headers: list[tup
     relayed: list[tuple[str, str]] = []
     named: set[str] = set()
     length, chunked, coding, event_stream = -1, False, "", False
+    keepalive_s: float | None = None
     for raw_name, raw_value in headers:
         name, value = raw_name.decode("latin-1"), raw_value.decode("latin-1").strip()
         low = name.lower()
@@ -119,12 +121,27 @@ def _answer_head(status: int, keep_alive: bool, reason: bytes, headers: list[tup
             chunked = value.lower().endswith("chunked")
         elif low == "connection":
             named |= {token.strip() for token in value.lower().split(",")} - _CONNECTION_OPTIONS
+        elif low == "keep-alive":
+            keepalive_s = _keepalive_timeout(value)
     if chunked:
         length = -1
     elif length < 0:
         keep_alive = False  # the body ends when the backend closes
     lines_out = [text for low, text in relayed if low not in named] if named else [text for _, text in relayed]
-    return AnswerHead(status, reason.decode("latin-1"), lines_out, length, chunked, keep_alive, coding, event_stream)
+    return AnswerHead(status, reason.decode("latin-1"), lines_out, length, chunked, keep_alive, coding, event_stream,
+                      keepalive_s)
+
+
+def _keepalive_timeout(value: str) -> float | None:
+    """``timeout=5, max=100`` -> 5.0 (llama-server closes an idle connection after 5 s)."""
+    for part in value.split(","):
+        key, _, number = part.strip().partition("=")
+        if key.strip().lower() == "timeout":
+            try:
+                return max(float(number), 0.0)
+            except ValueError:
+                return None
+    return None
 
 
 class ChunkedScanner:

@@ -30,7 +30,7 @@ class UpstreamClient:
             limit=self._options.upstream_pool_size,
             limit_per_host=0,
             ttl_dns_cache=300,
-            keepalive_timeout=30,
+            keepalive_timeout=4,  # under llama-server's own 5 s (it closes idle connections then)
         )
         self._session = aiohttp.ClientSession(
             connector=connector,

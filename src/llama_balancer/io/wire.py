@@ -36,6 +36,9 @@ class UpstreamConnection(asyncio.Protocol):
         self.closed = False
         self.reused = 0  # exchanges carried before the current one
         self.idle_since = 0.0
+        # How long it may idle in the pool: a second less than the backend keeps it (its
+        # Keep-Alive timeout; llama-server's is 5 s), so we never write into its close.
+        self.keepalive_s = float("inf")
         self._head_buf = bytearray()
         self._head: asyncio.Future[AnswerHead] | None = None
         self._answer: AnswerHead | None = None
@@ -240,7 +243,10 @@ class UpstreamConnection(asyncio.Protocol):
         """The answer ended: the exchange is done, the connection goes back to the pool."""
         self._stop_idle_timer()
         done = self._done
-        keep = self._answer is not None and self._answer.keep_alive and not self.closed
+        answer = self._answer
+        keep = answer is not None and answer.keep_alive and not self.closed
+        if keep and answer.keepalive_s is not None:  # type: ignore[union-attr]
+            self.keepalive_s = max(answer.keepalive_s - 1.0, 0.0)  # type: ignore[union-attr]
         self._reset()
         self.resume_reading()  # a slow client's push-back must not follow the connection
         if keep:

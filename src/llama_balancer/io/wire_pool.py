@@ -73,7 +73,7 @@ class WirePool:
                 now = time.monotonic()
             if conn.closed or conn.transport is None or conn.transport.is_closing():
                 continue
-            if now - conn.idle_since > self.keepalive_s:
+            if now - conn.idle_since > min(self.keepalive_s, conn.keepalive_s):
                 conn.abort()
                 continue
             return conn

@@ -16,7 +16,7 @@ from ..core.models import instances_of
 from ..core.profile import BackendProfile
 from ..core.replicas import replica_limit
 from ..core.routing import ServerView
-from ..core.signals import BackendLoad, SlotsInfo
+from ..core.signals import BackendLoad, SlotsInfo, emptied_idle_slot
 from .clock import Clock, iso_utc
 from .leases import Admission, Lease
 from .pace import Pace
@@ -60,6 +60,11 @@ class BackendState:
     pinned: dict[int, int] = field(default_factory=dict)  # slot id -> our requests pinned there
     pinned_since: dict[int, float] = field(default_factory=dict)  # slot id -> when the latest began
     pace: Pace = field(default_factory=Pace)  # learnt slot turnover
+    # Seen on /slots: an idle slot that held a prompt was emptied (a unified KV cache,
+    # llama-server's default without --parallel, saves idle slots to its host cache and
+    # clears them). Pinning such a slot back skips the host cache (llama.cpp #28139), so
+    # slots are not pinned there: the server restores the prompt into a slot of its choice.
+    clears_idle_slots: bool = False
     # Our own share of the last poll: in flight per instance, and the slots we had pinned,
     # when its answer came. What the poll saw beyond these is other clients' work.
     inflight_at_poll: dict[str, int] = field(default_factory=dict)
@@ -106,7 +111,8 @@ class BackendState:
 
     def profile(self) -> BackendProfile:
         slots = self.slots.total if self.slots else (self.load.slots_total if self.load else None)
-        return BackendProfile(self.kind, self.discovery.agent_seen or self.kind == "agent", slots, self.served)
+        return BackendProfile(self.kind, self.discovery.agent_seen or self.kind == "agent", slots, self.served,
+                              pinned=not self.clears_idle_slots)
 
     def health(self, now: float) -> str:
         """idle / busy / invalid from polls, overridden by passive health: open circuit ->
@@ -210,6 +216,7 @@ class Registry:
                 state.served, state.served_at = None, None
                 state.load, state.load_at, state.slots = None, None, None
                 state.pace = Pace()
+                state.clears_idle_slots = False
                 state.kind = server.kind
                 state.discovery = Discovery()
             state.server = server
@@ -273,6 +280,8 @@ class Registry:
         the answer (the server wrote it first), and must not read as another client's."""
         state = self._states.get(name)
         if state is not None:
+            if slots is not None and not state.clears_idle_slots:
+                state.clears_idle_slots = emptied_idle_slot(state.slots, slots)
             state.load, state.slots, state.kind = load, slots, kind
             state.load_at = self._clock.monotonic()
             inflight, pinned = dict(state.inflight), frozenset(state.pinned)
@@ -375,6 +384,7 @@ class Registry:
             "polled_waiting": load.waiting if load else None,
             "kv_usage": load.kv_usage if load else None,
             "slot_occupancy_s": None if state.pace.occupancy_s is None else round(state.pace.occupancy_s, 3),
+            "slots_pinned": state.slots is not None and not state.clears_idle_slots,
             # Shared limits: the limit this replica applies now, and other replicas' places.
             "request_max_effective": state.limit,
             "remote_inflight": state.remote,

@@ -66,8 +66,8 @@ def _target(state: BackendState, instance: str, order: int, affinity: AffinitySt
     # Idle: what the poll saw idle, plus slots it saw busy only with our own pinned requests
     # (ended since, unless pinned again); minus the slots our requests hold now.
     pinned, pinned_at_poll = state.pinned, state.pinned_at_poll
-    idle = tuple(s.id for s in slots.slots
-                 if s.id not in pinned and (not s.processing or s.id in pinned_at_poll))
+    idle = () if state.clears_idle_slots else tuple(  # no pinning where idle slots are emptied
+        s.id for s in slots.slots if s.id not in pinned and (not s.processing or s.id in pinned_at_poll))
     busy_match, busy_wait = _best_busy_slot(state, affinity, idle, fp, now)
     return Target(
         server=state.name,
