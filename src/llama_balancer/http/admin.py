@@ -101,6 +101,26 @@ def _model_entry(entry: dict[str, Any]) -> dict[str, Any]:
             "owned_by": entry.get("owned_by", "llama-balancer")}
 
 
+async def handle_livez(request: web.Request) -> web.Response:
+    """The process answers (its event loop runs): nothing about the backends."""
+    return json_response({"status": "ok"})
+
+
+async def handle_readyz(request: web.Request) -> web.Response:
+    """Ready (200) while at least one backend is usable: polled at least once and neither
+    invalid nor behind an open circuit; else 503. Counts only, never names or addresses."""
+    ctx = context_of(request)
+    registry, now = ctx.registry, ctx.clock.monotonic()
+    names = registry.names()
+    usable = sum(1 for name in names if _usable(registry.state(name), now))
+    return json_response({"status": "ready" if usable else "not ready", "backends_usable": usable,
+                          "backends": len(names)}, 200 if usable else 503)
+
+
+def _usable(state: Any, now: float) -> bool:
+    return bool(state.samples) and state.health(now) != "invalid"
+
+
 async def handle_favicon(request: web.Request) -> web.Response:
     return web.Response(status=204)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 from email.utils import formatdate
 from http import HTTPStatus
-from typing import Awaitable, Callable
+from typing import Awaitable, Callable, Iterable
 
 import orjson
 from aiohttp import web
@@ -28,13 +28,14 @@ def from_balancer_error(exc: BalancerError) -> web.Response:
     return response
 
 
-def error_bytes(exc: BalancerError, request_id: str, close: bool) -> bytes:
+def error_bytes(exc: BalancerError, request_id: str, close: bool, extra: Iterable[str] = ()) -> bytes:
     """An error answer as bytes, for the places that write to a transport themselves (the
-    native front; a handed-over connection's head deadline)."""
+    native front; a handed-over connection's head deadline); ``extra``: more header lines."""
     body = orjson.dumps(exc.body())
     lines = [f"HTTP/1.1 {exc.status} {phrase(exc.status)}", f"Date: {formatdate(usegmt=True)}",
              "Content-Type: application/json", f"Content-Length: {len(body)}", f"X-Request-Id: {request_id}"]
     lines += [f"{name}: {value}" for name, value in exc.headers.items()]
+    lines += extra
     if close:
         lines.append("Connection: close")
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import replace
 from secrets import token_hex
 from typing import Callable
 from urllib.parse import urlsplit
@@ -29,12 +30,14 @@ from multidict import CIMultiDict
 
 from ..core.auth import bearer_token, from_latin1
 from ..core.config import ServerConfig
+from ..core.cors import is_cors_header
 from ..core.errors import BalancerError, PayloadTooLarge, RequestTimeout
 from ..io.http1 import client_head, request_bytes
 from ..io.wire import UpstreamConnection
 from ..io.wire_pool import WirePool
 from ..state.exchange import Exchange
 from .context import AppContext
+from .cors import answer_lines
 from .errors import error_bytes
 from .guards import auth_refusal, request_id_from
 from .handoff import HandedOff
@@ -138,6 +141,7 @@ class FrontConnection(asyncio.Protocol):
         self._line_checked = False  # the request line of a head still arriving passed
         self._reading_paused = False
         self._writing_paused = False
+        self._cors: list[str] = []  # CORS header lines for the answer being served (cors_origins)
 
     # -- asyncio.Protocol
 
@@ -297,6 +301,7 @@ class FrontConnection(asyncio.Protocol):
         request_id = request_id_from(headers.get("X-Request-Id"))
         ex: Exchange | None = None
         error: BaseException | None = None
+        self._cors = answer_lines(ctx.config.balancer.cors_origins, headers.get("Origin"))
         try:
             token = bearer_token(from_latin1(headers.get("Authorization")), from_latin1(headers.get("x-api-key")))
             refusal = auth_refusal(ctx.auth, head.method, head.path, token)
@@ -329,6 +334,7 @@ class FrontConnection(asyncio.Protocol):
         """The answer is out: read on, serve what is buffered, or close."""
         self.task = None
         self.upstream = None
+        self._cors = []
         self.last_active = time.monotonic()
         self.receiving_since = self.last_active if self.buffer else None  # a pipelined request's clock
         transport = self.transport
@@ -351,7 +357,8 @@ class FrontConnection(asyncio.Protocol):
             transport.abort()
             return
         self.head_sent = True
-        transport.write(error_bytes(exc, request_id, close=not self.keep_alive or self.front.closing))
+        transport.write(error_bytes(exc, request_id, close=not self.keep_alive or self.front.closing,
+                                    extra=self._cors))
 
     async def _attempt(self, server: ServerConfig, call: Call, headers: CIMultiDict[str], body: bytes, ex: Exchange,
                        last_try: bool, answered: Callable[[], None]) -> None:
@@ -369,6 +376,9 @@ class FrontConnection(asyncio.Protocol):
             transport = self.transport
             if transport is None or transport.is_closing():
                 raise ConnectionResetError("the client went away")
+            if self.front.ctx.config.balancer.cors_origins:  # ours replace the backend's
+                answer = replace(answer, relayed=[line for line in answer.relayed
+                                                  if not is_cors_header(line.partition(":")[0])] + self._cors)
             head, self.keep_alive = client_head(answer, ex.request_id, self.keep_alive and not self.front.closing)
             self.upstream = conn
             if self._writing_paused:

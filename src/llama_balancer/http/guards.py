@@ -11,6 +11,7 @@ from aiohttp import web
 from ..core.auth import Access, AuthPolicy, bearer_token
 from ..core.errors import BalancerError
 from .context import REQUEST_ID, context_of
+from .cors import preflight_answer
 from .errors import Handler, answer_errors, error_response, from_balancer_error
 from .handoff import handed_off
 from .request_head import MalformedRequest
@@ -20,7 +21,7 @@ _NOT_VISIBLE = re.compile(r"[^\x21-\x7e]")  # a request target is visible ASCII 
 
 ADMIN_PATHS = frozenset({"/llmhealth-snapshot", "/access-log-stats", "/llmhealth-series", "/llmhealth-monitor",
                          "/metrics"})
-OPEN_PATHS = frozenset({"/llmhealth", "/favicon.ico"})
+OPEN_PATHS = frozenset({"/llmhealth", "/favicon.ico", "/livez", "/readyz"})
 OPEN_METHODS = frozenset({"GET", "HEAD"})  # what the open endpoints serve
 
 
@@ -77,7 +78,8 @@ async def front_middleware(request: web.Request, handler: Handler) -> web.Stream
 def _refusal(request: web.Request) -> web.Response | None:
     """A request line as the native front would take it (visible ASCII, HTTP/1.x: whichever
     parser aiohttp runs), only origin-form targets (``/path``: no absolute-URI, no CONNECT:
-    never an open proxy), and the right key where keys are configured."""
+    never an open proxy), a CORS preflight answered here (browsers send no key on one), and
+    the right key where keys are configured."""
     if request.version < (1, 0):
         return from_balancer_error(MalformedRequest("no HTTP version in the request line (HTTP/0.9 is not served)"))
     if _NOT_VISIBLE.search(request.raw_path):
@@ -85,6 +87,9 @@ def _refusal(request: web.Request) -> web.Response | None:
     if request.method == "CONNECT" or not request.raw_path.startswith("/"):
         return error_response(400, "only origin-form request targets are accepted (no proxying to other hosts)",
                               "invalid_request_error", "invalid_request_target")
+    preflight = preflight_answer(request)
+    if preflight is not None:
+        return preflight
     ctx = context_of(request)
     if not ctx.auth.enabled:
         return None
