@@ -93,7 +93,7 @@ class JsonFormatter(_Base):
     """One JSON object per line; the event's fields keep their types."""
 
     def format(self, record: logging.LogRecord) -> str:
-        fields = {key: (value if isinstance(value, (str, int, float, bool)) else _plain(value))
+        fields = {key: (value if isinstance(value, (str, int, bool)) else _plain(value))
                   for key, value in self._fields(record).items()}
         return orjson.dumps(fields).decode()
 
