@@ -148,7 +148,8 @@ class Runtime:
             problems = exc.problems if isinstance(exc, ConfigError) else [str(exc)]
             ctx.info["error"] = "; ".join(problems)
             ctx.info["error_at"] = iso_utc(ctx.clock.wall())
-            log.error("config reload refused, the running config stays in force: %s", ctx.info["error"])
+            log.error("config reload refused, the running config stays in force: %s", ctx.info["error"],
+                      extra=event("config_refused", path=self.config_path, problems=problems))
             return {"ok": False, "errors": problems}
         old = ctx.config
         self._apply(config)
