@@ -64,6 +64,11 @@ def command(*args: Any) -> bytes:
 _INCOMPLETE = object()
 
 
+def _expire(future: "asyncio.Future[Any]") -> None:
+    if not future.done():
+        future.set_exception(TimeoutError("Redis did not answer in time"))
+
+
 def parse(buf: bytearray | bytes, pos: int) -> tuple[Any, int]:
     """One reply at ``pos``: (value, next position), or (_INCOMPLETE, pos). Error replies
     become ReplyError values; bulk strings stay bytes; nil is None."""
@@ -179,9 +184,17 @@ class RespConnection(asyncio.Protocol):
             raise RedisUnavailable("connection closed")
         self._transport.write(payload)
 
+    def request(self, payload: bytes, timeout: float) -> asyncio.Future[Any]:
+        """``send`` with a deadline: the future fails with TimeoutError unless the reply came
+        first. Unlike ``asyncio.timeout``, a reply that arrived while this process's loop was
+        stalled still counts (the loop delivers received bytes before it runs due timers)."""
+        future = self.send(payload)
+        handle = asyncio.get_running_loop().call_later(timeout, _expire, future)
+        future.add_done_callback(lambda _: handle.cancel())
+        return future
+
     async def call(self, *args: Any, timeout: float) -> Any:
-        async with asyncio.timeout(timeout):
-            return await self.send(command(*args))
+        return await self.request(command(*args), timeout)
 
     def close(self) -> None:
         self._fail(RedisUnavailable("connection closed"))

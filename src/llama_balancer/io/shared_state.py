@@ -88,10 +88,9 @@ class SharedState:
         limit = state.server.request_max
         state.admitting += 1
         try:
-            async with asyncio.timeout(self.options.admit_timeout_s):
-                granted, count = await hot.send(command(
-                    "EVALSHA", SHA["admit"], 1, self.keys.leases(state.name), limit,
-                    int(self.options.lease_ttl_s * 1000), lease_id))
+            granted, count = await hot.request(command(
+                "EVALSHA", SHA["admit"], 1, self.keys.leases(state.name), limit,
+                int(self.options.lease_ttl_s * 1000), lease_id), self.options.admit_timeout_s)
         except FAILURES as exc:
             failure: BaseException | None = exc
         except asyncio.CancelledError:
@@ -154,11 +153,11 @@ class SharedState:
         self._tasks = []
         if self.link.mode == "shared" and self._hot is not None:
             try:
-                async with asyncio.timeout(self.options.op_timeout_s):
+                async with asyncio.timeout(self.options.op_timeout_s * 2):
                     await self._flush_releases()
                     await self.sync.flush(self._call_bulk)
-                    await self._hot.send(command("ZREM", self.keys.replicas, self.replica_id))
-                    await self._hot.send(command("DEL", self.keys.replica(self.replica_id)))
+                    await self._hot.call("ZREM", self.keys.replicas, self.replica_id, timeout=self.options.op_timeout_s)
+                    await self._hot.call("DEL", self.keys.replica(self.replica_id), timeout=self.options.op_timeout_s)
             except FAILURES as exc:
                 log.info("shared state: could not say goodbye to Redis (%s); leases expire by themselves",
                          _describe(exc))
@@ -333,15 +332,14 @@ class SharedState:
         if conn is None or conn.closed:
             raise RedisUnavailable("not connected")
         payload = command("EVALSHA", SHA[script], len(keys), *keys, *args)
+        timeout = self.options.op_timeout_s
         try:
-            async with asyncio.timeout(self.options.op_timeout_s):
-                return await conn.send(payload)
+            return await conn.request(payload, timeout)
         except ReplyError as exc:
             if not str(exc).startswith("NOSCRIPT"):
                 raise
-        async with asyncio.timeout(self.options.op_timeout_s):  # Redis restarted under us
-            await conn.send(command("SCRIPT", "LOAD", SCRIPTS[script]))
-            return await conn.send(payload)
+        await conn.request(command("SCRIPT", "LOAD", SCRIPTS[script]), timeout)  # Redis restarted under us
+        return await conn.request(payload, timeout)
 
     # --- what it shows ---------------------------------------------------------------------
 
