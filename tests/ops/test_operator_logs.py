@@ -65,11 +65,11 @@ async def test_a_retry_and_its_failover_are_logged_and_a_run_of_failures_opens_t
     assert failover["from"] == "PC1" and failover["to"] == "PC2" and failover["request_id"] == retry["request_id"]
     changes = [e["change"] for e in events(caplog, "backend_state")]
     assert changes[0] == "suspect"
-    for _ in range(4):  # two failures in a row open it (a poll clears suspicion in between)
+    for attempt in range(4):  # two failures in a row open it (a poll clears suspicion in between)
         if "circuit_open" in [e["change"] for e in events(caplog, "backend_state")]:
             break
         await wait_until(lambda: runtime.context.registry.state("PC1").suspect is False)
-        assert await post(http, runtime, chat()) == 200
+        assert await post(http, runtime, chat(user=f"user-{attempt}")) == 200  # new identities: not sticky to PC2
     opened = next(e for e in events(caplog, "backend_state") if e["change"] == "circuit_open")
     assert opened["to"] == "invalid" and "503" in opened["reason"] and opened["level"] == "WARNING"
     await wait_until(lambda: "circuit_closed" in [e["change"] for e in events(caplog, "backend_state")])
