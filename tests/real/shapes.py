@@ -90,3 +90,28 @@ def stream_shape(events: list[Any]) -> list[Any]:
         if not shapes or shapes[-1] != shape:
             shapes.append(shape)
     return shapes
+
+
+def named_sse_events(body: bytes) -> list[tuple[str, Any]]:
+    """The events of a stream of named SSE events (Anthropic messages, OpenAI responses), as
+    (name, payload), checking the framing: each block is ``event: NAME`` then one ``data: ``
+    line of JSON whose ``type`` is the event's name, ended by a blank line; no ``[DONE]``."""
+    assert body.endswith(b"\n\n"), body[-80:]
+    events: list[tuple[str, Any]] = []
+    for block in body[:-2].split(b"\n\n"):
+        lines = block.split(b"\n")
+        assert len(lines) == 2 and lines[0].startswith(b"event: ") and lines[1].startswith(b"data: "), block[:120]
+        name, payload = lines[0][len(b"event: "):].decode(), orjson.loads(lines[1][len(b"data: "):])
+        assert payload.get("type") == name, block[:120]
+        events.append((name, payload))
+    return events
+
+
+def named_stream_shape(events: list[tuple[str, Any]]) -> list[Any]:
+    """``stream_shape`` for named events: (name, skeleton), a run of equal ones counted once."""
+    shapes: list[Any] = []
+    for name, payload in events:
+        shape = (name, skeleton(payload))
+        if not shapes or shapes[-1] != shape:
+            shapes.append(shape)
+    return shapes

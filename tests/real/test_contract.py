@@ -26,8 +26,8 @@ import orjson
 import pytest
 
 from llama_balancer.core.signals import parse_llamacpp_metrics, parse_llamacpp_props, parse_llamacpp_slots
-from tests.real.shapes import (assert_no_differences, assert_same_shape, body_differences, shape_differences,
-                               skeleton, sse_events, stream_shape)
+from tests.real.shapes import (assert_no_differences, assert_same_shape, body_differences, named_sse_events,
+                               named_stream_shape, shape_differences, skeleton, sse_events, stream_shape)
 
 # The simulator's twin of ``llama_servers("contract")``: one model named as the real alias, two
 # slots of the real per-slot context, /llmhealth answering 404 as a plain llama-server does.
@@ -56,6 +56,10 @@ CHAT = {"model": "tiny", "messages": [{"role": "user", "content": "Say something
         "max_tokens": 3, "temperature": 0, "ignore_eos": True}
 TEXT = {"model": "tiny", "prompt": "Once upon a time", "max_tokens": 3, "temperature": 0, "ignore_eos": True}
 NATIVE = {"prompt": "Once upon a time", "n_predict": 3, "temperature": 0, "ignore_eos": True}
+MESSAGES = {"model": "tiny", "max_tokens": 3, "messages": [{"role": "user", "content": "Say something about the sea."}],
+            "temperature": 0, "ignore_eos": True}
+RESPONSES = {"model": "tiny", "max_output_tokens": 3, "input": "Say something about the sea.", "temperature": 0,
+             "ignore_eos": True}
 USAGE = {"stream_options": {"include_usage": True}}
 TOO_LONG = "hello " * 4200  # > 4096 tokens for both tokenizers
 
@@ -102,6 +106,21 @@ def assert_same_stream(real: Answer, sim: Answer) -> tuple[list[Any], list[Any]]
         found.append(f"event shapes: real {real_shapes}, sim {sim_shapes}")
     for index, (r, s) in enumerate(zip(real_shapes, sim_shapes)):
         found += shape_differences(r, s, f"event {index}")
+    assert_no_differences(found, "stream")
+    return real_events, sim_events
+
+
+def assert_same_named_stream(real: Answer, sim: Answer) -> tuple[list[Any], list[Any]]:
+    """``assert_same_stream`` for streams of named SSE events; returns both servers' events."""
+    assert (real.status, sim.status) == (200, 200)
+    assert real.headers["transfer-encoding"] == "chunked" and "content-length" not in real.headers
+    real_events, sim_events = named_sse_events(real.body), named_sse_events(sim.body)
+    real_shapes, sim_shapes = named_stream_shape(real_events), named_stream_shape(sim_events)
+    found = header_differences(real, sim)
+    if [name for name, _ in real_shapes] != [name for name, _ in sim_shapes]:
+        found.append(f"events: real {[n for n, _ in real_shapes]}, sim {[n for n, _ in sim_shapes]}")
+    for index, ((name, r), (_, s)) in enumerate(zip(real_shapes, sim_shapes)):
+        found += shape_differences(r, s, f"event {index} ({name})")
     assert_no_differences(found, "stream")
     return real_events, sim_events
 
@@ -323,6 +342,43 @@ async def test_streamed_native_completion_has_the_real_events_and_no_done(pair):
         assert "[DONE]" not in events
         assert [e["stop"] for e in events] == [False] * (len(events) - 1) + [True]
         assert "timings" in events[-1]
+
+
+async def test_anthropic_message_has_the_real_shape(pair):
+    real, sim = await pair.both("POST", "/v1/messages", MESSAGES)
+    assert_same_answer(real, sim)
+    for answer in (real, sim):
+        body = answer.json()
+        assert body["type"] == "message" and body["content"][0]["type"] == "text"
+        assert set(body["usage"]) == {"input_tokens", "output_tokens", "cache_read_input_tokens"}
+
+
+async def test_streamed_anthropic_message_has_the_real_named_events(pair):
+    real, sim = await pair.both("POST", "/v1/messages", MESSAGES | {"stream": True})
+    real_events, sim_events = assert_same_named_stream(real, sim)
+    for events in (real_events, sim_events):
+        names = [name for name, _ in events]
+        assert names[:2] == ["message_start", "content_block_start"] and names[-3:] == [
+            "content_block_stop", "message_delta", "message_stop"]
+        start, delta = events[0][1]["message"]["usage"], events[-2][1]["usage"]
+        assert set(start) == {"input_tokens", "output_tokens", "cache_read_input_tokens"} and set(delta) == {
+            "output_tokens"}, "the prompt is counted in message_start only"
+
+
+async def test_response_has_the_real_shape(pair):
+    real, sim = await pair.both("POST", "/v1/responses", RESPONSES)
+    assert_same_answer(real, sim)
+    for answer in (real, sim):
+        body = answer.json()
+        assert body["object"] == "response" and body["output"][0]["type"] == "message" and "timings" not in body
+
+
+async def test_streamed_response_has_the_real_named_events_with_timings_on_completed(pair):
+    real, sim = await pair.both("POST", "/v1/responses", RESPONSES | {"stream": True})
+    real_events, sim_events = assert_same_named_stream(real, sim)
+    for events in (real_events, sim_events):
+        assert events[0][0] == "response.created" and events[-1][0] == "response.completed"
+        assert "timings" in events[-1][1] and "usage" in events[-1][1]["response"]
 
 
 # --- errors -------------------------------------------------------------------------------

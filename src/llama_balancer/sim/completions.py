@@ -1,4 +1,5 @@
-"""Handlers of the model-bearing endpoints: chat, text and native completions, embeddings.
+"""Handlers of the model-bearing endpoints: chat, text and native completions, embeddings,
+Anthropic messages, OpenAI responses, and Ollama's chat, generate and embeddings.
 
 Each request is logged in the event log, waits for a slot of its instance, spends the
 simulated prompt time, then answers in one body or as a stream written event by event.
@@ -17,12 +18,14 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from . import ollama
+from .dialects import (CHAT, EMBED, EMBEDDINGS, MESSAGES, NATIVE, OLLAMA, OLLAMA_CHAT, OLLAMA_EMBED,
+                       OLLAMA_EMBEDDINGS, OLLAMA_GENERATE, RESPONSES, TEXT)
 from .engine import Run, evaluate_prompt, next_token, working
 from .events import close_event, mark_first_byte
-from .generate import (closing_events, embedding_body, full_body, opening_events, sse,
-                       terminator, token_event)
-from .parse import (CHAT, EMBED, NATIVE, TEXT, Job, SimHTTPError, check_context, decode_body,
-                    parse_job)
+from .formats import EVENT_STREAM, format_for
+from .generate import embedding_body
+from .parse import Job, SimHTTPError, check_context, decode_body, parse_job
 from .slots import Slot
 from .state import SimState
 from .tokens import tokenize
@@ -48,9 +51,11 @@ def json_response(body: Any, status: int = 200, headers: dict[str, str] | None =
     return resp
 
 
-def error_response(err: SimHTTPError, instance: str | None = None) -> web.Response:
+def error_response(err: SimHTTPError, instance: str | None = None, kind: str = CHAT) -> web.Response:
+    """llama-server's error JSON; Ollama's ``{"error": "message"}`` on its endpoints."""
     headers = {"X-Sim-Instance": instance} if instance else None
-    return json_response(err.body(), status=err.status, headers=headers)
+    body = ollama.error_body(err.message) if kind in OLLAMA else err.body()
+    return json_response(body, status=err.status, headers=headers)
 
 
 async def handle_chat(request: web.Request) -> web.StreamResponse:
@@ -69,6 +74,30 @@ async def handle_embeddings(request: web.Request) -> web.StreamResponse:
     return await _serve(request, EMBED)
 
 
+async def handle_messages(request: web.Request) -> web.StreamResponse:
+    return await _serve(request, MESSAGES)
+
+
+async def handle_responses(request: web.Request) -> web.StreamResponse:
+    return await _serve(request, RESPONSES)
+
+
+async def handle_ollama_chat(request: web.Request) -> web.StreamResponse:
+    return await _serve(request, OLLAMA_CHAT)
+
+
+async def handle_ollama_generate(request: web.Request) -> web.StreamResponse:
+    return await _serve(request, OLLAMA_GENERATE)
+
+
+async def handle_ollama_embed(request: web.Request) -> web.StreamResponse:
+    return await _serve(request, OLLAMA_EMBED)
+
+
+async def handle_ollama_embeddings(request: web.Request) -> web.StreamResponse:
+    return await _serve(request, OLLAMA_EMBEDDINGS)
+
+
 async def _serve(request: web.Request, kind: str) -> web.StreamResponse:
     """Run one request, turning every way it can end into an event outcome."""
     state = request.app[STATE_KEY]
@@ -77,7 +106,7 @@ async def _serve(request: web.Request, kind: str) -> web.StreamResponse:
         return await _serve_job(request, state, kind, event)
     except SimHTTPError as err:
         close_event(event, "fault" if isinstance(err, FaultError) else "error", err.status)
-        return error_response(err, event["instance"])
+        return error_response(err, event["instance"], kind)
     except asyncio.CancelledError:
         close_event(event, "fault" if state.config.fault == "refuse" else "client_closed")
         raise
@@ -95,8 +124,8 @@ async def _serve_job(request: web.Request, state: SimState, kind: str,
     job = parse_job(kind, body, state)
     event.update(model=job.model, instance=job.instance, stream=job.stream)
     await _entry_fault(state)
-    if kind == EMBED:
-        return await _embed(request, state, job, body.get("input"), event)
+    if kind in EMBEDDINGS:
+        return await _embed(request, state, job, body.get("prompt" if kind == OLLAMA_EMBEDDINGS else "input"), event)
     check_context(job, state.config.ctx_per_slot)
     run = Run(job=job, task_id=state.next_task_id(), created=int(time.time()),
               n_ctx=state.config.ctx_per_slot)
@@ -108,7 +137,7 @@ async def _serve_job(request: web.Request, state: SimState, kind: str,
                 return await _stream(request, state, run, slot, event)
             for _ in range(run.n_predict):
                 await next_token(state.config, run, slot)
-            return await _send_body(request, state, orjson.dumps(full_body(run)), event)
+            return await _send_body(request, state, format_for(kind).full(run), event)
         finally:
             event["completion_tokens"] = len(run.pieces)
 
@@ -124,10 +153,11 @@ async def _entry_fault(state: SimState) -> None:
         await asyncio.sleep(cfg.stall_s)
 
 
-def _stream_response(instance: str) -> web.StreamResponse:
+def _stream_response(instance: str, content_type: str) -> web.StreamResponse:
     resp = web.StreamResponse(status=200)
-    resp.headers["Content-Type"] = "text/event-stream"
-    resp.headers["X-Accel-Buffering"] = "no"
+    resp.headers["Content-Type"] = content_type
+    if content_type == EVENT_STREAM:
+        resp.headers["X-Accel-Buffering"] = "no"
     resp.headers["X-Sim-Instance"] = instance
     resp.enable_chunked_encoding()
     return resp
@@ -135,20 +165,20 @@ def _stream_response(instance: str) -> web.StreamResponse:
 
 async def _stream(request: web.Request, state: SimState, run: Run, slot: Slot,
                   event: dict[str, Any]) -> web.StreamResponse:
-    """Write the SSE stream, each event flushed as soon as it exists."""
-    resp = _stream_response(run.job.instance)
+    """Write the stream (SSE, or Ollama's NDJSON), each event flushed as soon as it exists."""
+    fmt = format_for(run.job.kind)
+    resp = _stream_response(run.job.instance, fmt.content_type)
     await resp.prepare(request)
     mark_first_byte(event)
     writer = _EventWriter(resp, state)
     try:
-        for ev in opening_events(run):
-            await writer.send(sse(ev))
+        for payload in fmt.opening(run):
+            await writer.send(payload)
         for _ in range(run.n_predict):
-            await writer.send(sse(token_event(run, await next_token(state.config, run, slot))))
-        for ev in closing_events(run):
-            await writer.send(sse(ev))
-        if terminator(run):
-            await writer.send(terminator(run))
+            for payload in fmt.token(run, await next_token(state.config, run, slot)):
+                await writer.send(payload)
+        for payload in fmt.closing(run):
+            await writer.send(payload)
         await resp.write_eof()
     except _Dropped:
         _cut(request)
@@ -218,8 +248,12 @@ def _embed_inputs(raw: Any) -> list[str]:
 async def _embed(request: web.Request, state: SimState, job: Job, raw: Any,
                  event: dict[str, Any]) -> web.StreamResponse:
     """Answer embeddings at once: no slot, no delay, same faults."""
+    started = time.monotonic()
     inputs = _embed_inputs(raw)
     n_tokens = sum(len(tokenize(text)) for text in inputs)
     event.update(prompt_n=n_tokens, cache_n=0)
-    payload = embedding_body(job.instance, inputs, n_tokens)
+    if job.kind in OLLAMA:
+        payload = ollama.embedding_body(job.kind, job.instance, inputs, n_tokens, started)
+    else:
+        payload = embedding_body(job.instance, inputs, n_tokens)
     return await _send_body(request, state, orjson.dumps(payload), event)

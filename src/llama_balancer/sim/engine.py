@@ -38,8 +38,18 @@ class Run:
 
     @property
     def n_predict(self) -> int:
-        """Tokens to generate: the request's limit, cut where the slot's context ends."""
-        return max(0, min(self.job.max_tokens, self.n_ctx - len(self.job.tokens)))
+        """Tokens to generate: the request's limit, cut where the slot's context ends. A tool
+        call ends with its arguments (before the limit, when the request sets one)."""
+        job = self.job
+        wanted = job.max_tokens
+        if job.tool is not None:
+            wanted = min(job.max_tokens, len(self.script)) if job.explicit_limit else len(self.script)
+        return max(0, min(wanted, self.n_ctx - len(self.job.tokens)))
+
+    @property
+    def script(self) -> list[str]:
+        """A tool call's tokens: what the model generates instead of ``w0 w1 ...``."""
+        return [] if self.job.tool is None else self.job.tool.pieces
 
     @property
     def text(self) -> str:
@@ -47,7 +57,10 @@ class Run:
 
     @property
     def finish_reason(self) -> str:
-        """"length" when a limit cut the text, "stop" when the request set none."""
+        """"length" when a limit cut the text, "stop" when the request set none; a tool call
+        ends with "tool_calls" once its arguments are complete."""
+        if self.job.tool is not None:
+            return "tool_calls" if len(self.pieces) >= len(self.script) else "length"
         capped = self.n_predict < self.job.max_tokens
         return "length" if self.job.explicit_limit or capped else "stop"
 
@@ -134,7 +147,8 @@ async def next_token(cfg: SimConfig, run: Run, slot: Slot) -> str:
     """Decode one more token after the configured delay, and return it."""
     t0 = time.monotonic()
     await pause(cfg.token_delay())
-    piece = generated_piece(len(run.pieces))
+    index = len(run.pieces)
+    piece = generated_piece(index) if run.job.tool is None else run.job.tool.pieces[index]
     run.pieces.append(piece)
     run.predicted_s += time.monotonic() - t0
     slot.n_decoded = len(run.pieces)

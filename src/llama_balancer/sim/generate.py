@@ -7,6 +7,11 @@ the real server: a chat stream's finish chunk carries ``timings``, unless
 ``stream_options.include_usage`` asks for a usage chunk (``choices: []``), which then carries
 both; a text stream's finish chunk always carries ``usage`` and ``timings``, and no usage
 chunk follows. tests/real/test_contract.py holds these shapes to a real llama-server's.
+
+A chat that calls a tool (tools.py) streams, after the role delta, one delta naming the call
+(``tool_calls[0]``: ``index``, ``id``, ``type: "function"``, ``function: {name, arguments: ""}``,
+as OpenAI sends it; llama-server leaves out the empty ``arguments``), then one delta per
+argument fragment (``{index, function: {arguments}}``), and finishes with ``"tool_calls"``.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import orjson
 
 from .engine import Run
 from .parse import CHAT, NATIVE
+from .tools import call_id
 
 DONE = b"data: [DONE]\n\n"
 FINGERPRINT = "b0-sim"
@@ -71,8 +77,7 @@ def full_body(run: Run) -> dict[str, Any]:
     if kind == NATIVE:
         return _native_final(run, run.text)
     if kind == CHAT:
-        choice = {"index": 0, "finish_reason": run.finish_reason,
-                  "message": {"role": "assistant", "content": run.text}}
+        choice = {"index": 0, "finish_reason": run.finish_reason, "message": _message(run)}
         body = _envelope(run, "chat.completion", [choice])
     else:
         choice = {"index": 0, "finish_reason": run.finish_reason,
@@ -83,13 +88,31 @@ def full_body(run: Run) -> dict[str, Any]:
     return body
 
 
+def _message(run: Run) -> dict[str, Any]:
+    """A whole chat answer's message: the text, or (content empty) the tool call."""
+    tool = run.job.tool
+    if tool is None:
+        return {"role": "assistant", "content": run.text}
+    call = {"type": "function", "function": {"name": tool.name, "arguments": run.text}, "id": call_id(run.task_id)}
+    return {"role": "assistant", "content": "", "tool_calls": [call]}
+
+
+def _delta(run: Run, delta: dict[str, Any]) -> dict[str, Any]:
+    return _envelope(run, "chat.completion.chunk", [{"index": 0, "finish_reason": None, "delta": delta}])
+
+
 def opening_events(run: Run) -> list[dict[str, Any]]:
-    """Events before the first token: the chat role delta (none for other endpoints)."""
+    """Events before the first token: the chat role delta, and the tool call's name when
+    the model calls one (none for other endpoints)."""
     if run.job.kind != CHAT:
         return []
-    choice = {"index": 0, "finish_reason": None,
-              "delta": {"role": "assistant", "content": None}}
-    return [_envelope(run, "chat.completion.chunk", [choice])]
+    events = [_delta(run, {"role": "assistant", "content": None})]
+    tool = run.job.tool
+    if tool is not None:
+        call = {"index": 0, "id": call_id(run.task_id), "type": "function",
+                "function": {"name": tool.name, "arguments": ""}}
+        events.append(_delta(run, {"tool_calls": [call]}))
+    return events
 
 
 def token_event(run: Run, piece: str) -> dict[str, Any]:
@@ -100,8 +123,9 @@ def token_event(run: Run, piece: str) -> dict[str, Any]:
                 "id_slot": -1, "tokens_predicted": len(run.pieces),
                 "tokens_evaluated": len(run.job.tokens)}
     if kind == CHAT:
-        choice = {"index": 0, "finish_reason": None, "delta": {"content": piece}}
-        return _envelope(run, "chat.completion.chunk", [choice])
+        if run.job.tool is not None:
+            return _delta(run, {"tool_calls": [{"index": 0, "function": {"arguments": piece}}]})
+        return _delta(run, {"content": piece})
     choice = {"index": 0, "finish_reason": None, "text": piece, "logprobs": None}
     return _envelope(run, "text_completion", [choice])
 

@@ -7,11 +7,14 @@ from typing import Any
 
 import orjson
 
+from .dialects import (CHAT, CONVERSATIONS, EMBED, NATIVE, OLLAMA_EMBED, OLLAMA_GENERATE, RESPONSES, TEXT,
+                       chat_messages, limit_value, offered_tools, streams, tool_choice)
 from .params import DEFAULT_TEMPERATURE, generation_settings, slot_params
 from .state import SimState
-from .tokens import chat_tokens, prompt_tokens
+from .tokens import chat_tokens, prompt_tokens, tokenize
+from .tools import ToolCall, planned_call
 
-CHAT, TEXT, NATIVE, EMBED = "chat", "text", "native", "embed"
+__all__ = ["CHAT", "TEXT", "NATIVE", "EMBED", "Job", "SimHTTPError", "check_context", "decode_body", "parse_job"]
 
 
 class SimHTTPError(Exception):
@@ -46,6 +49,7 @@ class Job:
     prompt_text: str = ""
     temperature: float = DEFAULT_TEMPERATURE
     ignore_eos: bool = False
+    tool: ToolCall | None = None  # the tool call the model makes instead of text (tools.py)
 
     def _echoed(self) -> dict[str, Any]:
         """The request's values a real server echoes in its params (-1: no limit set)."""
@@ -80,30 +84,34 @@ def _int_or_none(value: Any) -> int | None:
 
 def _limit(kind: str, body: dict[str, Any]) -> int | None:
     """The requested generation length, or None when the request sets none."""
-    if kind == CHAT:
-        keys = ("max_completion_tokens", "max_tokens")
-    elif kind == NATIVE:
-        keys = ("n_predict", "max_tokens")
-    else:
-        keys = ("max_tokens",)
-    for key in keys:
-        value = _int_or_none(body.get(key))
-        if value is not None and value >= 0:
-            return value
-    return None
+    value = _int_or_none(limit_value(kind, body))
+    return value if value is not None and value >= 0 else None
 
 
 def _tokens(kind: str, body: dict[str, Any]) -> list[str]:
-    if kind == CHAT:
-        messages = body.get("messages")
-        if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
-            raise SimHTTPError(400, "'messages' is required and must be a list of objects",
-                               "invalid_request_error")
-        return chat_tokens(messages)
-    key = "input" if kind == EMBED else "prompt"
+    if kind in CONVERSATIONS:
+        messages = chat_messages(kind, body)
+        if messages is None:
+            key = "input" if kind == RESPONSES else "messages"
+            raise SimHTTPError(400, f"'{key}' is required and must be a list of objects", "invalid_request_error")
+        tools = body.get("tools")
+        return (tokenize(orjson.dumps(tools).decode()) if tools else []) + chat_tokens(messages)
+    key = "input" if kind in (EMBED, OLLAMA_EMBED) else "prompt"
     if key not in body:
         raise SimHTTPError(400, f"\"{key}\" must be provided", "invalid_request_error")
+    if kind == OLLAMA_GENERATE and isinstance(body.get("system"), str):
+        return tokenize(body["system"]) + prompt_tokens(body[key])
     return prompt_tokens(body[key])
+
+
+def _tool_call(kind: str, body: dict[str, Any]) -> ToolCall | None:
+    """The tool the model calls (tools.py), for the endpoints that take tools."""
+    tools = offered_tools(kind, body)
+    if not tools:
+        return None
+    messages = chat_messages(kind, body) or []
+    last = messages[-1].get("role") if messages else None
+    return planned_call(tools, tool_choice(kind, body), last if isinstance(last, str) else None)
 
 
 def parse_job(kind: str, body: dict[str, Any], state: SimState) -> Job:
@@ -121,7 +129,7 @@ def parse_job(kind: str, body: dict[str, Any], state: SimState) -> Job:
         tokens=tokens,
         max_tokens=cfg.default_max_tokens if limit is None else limit,
         explicit_limit=limit is not None,
-        stream=body.get("stream") is True and kind != EMBED,
+        stream=streams(kind, body),
         include_usage=isinstance(stream_options, dict)
         and stream_options.get("include_usage") is True,
         id_slot=-1 if id_slot is None else id_slot,
@@ -129,6 +137,7 @@ def parse_job(kind: str, body: dict[str, Any], state: SimState) -> Job:
         prompt_text=body["prompt"] if isinstance(body.get("prompt"), str) else "",
         temperature=DEFAULT_TEMPERATURE if _int_or_none(temperature) is None else float(temperature),
         ignore_eos=body.get("ignore_eos") is True,
+        tool=_tool_call(kind, body),
     )
 
 
