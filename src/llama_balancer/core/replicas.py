@@ -73,7 +73,7 @@ class Link:
 
 # --- records exchanged between replicas ----------------------------------------------------
 
-STICKY, AFFINITY, HEALTH = "s", "a", "h"
+STICKY, AFFINITY, HEALTH, PIN = "s", "a", "h", "p"  # PIN: sent to replicas, never stored
 
 
 @dataclass(frozen=True)
@@ -105,6 +105,11 @@ def health_record(server: str, suspect: bool, open_until_wall: float | None, wal
     return Record(HEALTH, server, {"s": server, "suspect": suspect, "open": open_until_wall, "w": wall})
 
 
+def pin_record(server: str, slot: int, change: int) -> Record:
+    """A request of ours pinned to a slot (+1) or let go of it (-1)."""
+    return Record(PIN, f"{server}|{slot}", {"s": server, "slot": slot, "c": change})
+
+
 def encode_record(record: Record) -> bytes:
     """``<kind><json>``: one line (orjson escapes newlines inside strings)."""
     return record.kind.encode() + orjson.dumps(record.data)
@@ -133,4 +138,4 @@ def decode_record(line: bytes) -> tuple[str, dict[str, Any]] | None:
     except orjson.JSONDecodeError:
         return None
     kind = chr(line[0])
-    return (kind, data) if isinstance(data, dict) and kind in (STICKY, AFFINITY, HEALTH) else None
+    return (kind, data) if isinstance(data, dict) and kind in (STICKY, AFFINITY, HEALTH, PIN) else None

@@ -231,6 +231,7 @@ class SharedState:
     def _degrade(self, reason: str) -> None:
         if self.link.fail(self._clock.monotonic(), reason):
             self._registry.set_degraded(self.link.live)
+            self.sync.forget_pins()
             log.warning("shared state degraded: %s; each replica admits ceil(request-max / %d) on its own "
                         "until Redis answers again", reason, self.link.live)
             self._wake()

@@ -10,12 +10,12 @@ and sends it on return, so replicas converge.
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from typing import Any, Awaitable, Callable
 
 from ..core.prefix import Fingerprint
-from ..core.replicas import (AFFINITY, HEALTH, STICKY, Record, affinity_record, decode_batch, decode_record,
-                             encode_batch, encode_record, health_record, sticky_record)
+from ..core.replicas import (AFFINITY, HEALTH, PIN, STICKY, Record, affinity_record, decode_batch, decode_record,
+                             encode_batch, encode_record, health_record, pin_record, sticky_record)
 from ..state.affinity import AffinityStore
 from ..state.clock import Clock
 from ..state.registry import BackendState, Registry
@@ -50,17 +50,23 @@ class SoftSync:
         self._affinity_ttl_ms = int(affinity_ttl_s * 1000)
         # (kind, key) -> (a thunk giving the record, ttl ms): built at send time, off the path
         self.outbox: OrderedDict[tuple[Any, ...], tuple[Callable[[], Record | None], int]] = OrderedDict()
+        # Pins of slots, in order (never coalesced: each +1 has its -1), sent, not stored.
+        self.pins: deque[Record] = deque(maxlen=OUTBOX_MAX)
+        # What other replicas pinned, per (sender, server, slot): undone if they go silent.
+        self._remote_pins: dict[tuple[str, str, int], int] = {}
         self.on_queued: Callable[[], None] | None = None
         self.applied = 0
         self.dropped = 0
         sticky.on_change = self._sticky_changed
         affinity.on_record = self._affinity_recorded
         registry.on_health = self._health_changed
+        registry.on_pin = self._pin_changed
 
     def detach(self) -> None:
         self._sticky.on_change = None
         self._affinity.on_record = None
         self._registry.on_health = None
+        self._registry.on_pin = None
 
     # --- hooks on the request's path: queue only ------------------------------------------
 
@@ -81,6 +87,11 @@ class SoftSync:
         record = health_record(state.name, state.suspect, open_wall, wall)
         self._queue((HEALTH, state.name), lambda: record, int((left + HEALTH_GRACE_S) * 1000))
 
+    def _pin_changed(self, state: BackendState, slot: int, pinned: bool) -> None:
+        self.pins.append(pin_record(state.name, slot, 1 if pinned else -1))
+        if self.on_queued is not None:
+            self.on_queued()
+
     def _queue(self, key: tuple[Any, ...], make: Callable[[], Record | None], ttl_ms: int) -> None:
         outbox = self.outbox
         outbox[key] = (make, max(ttl_ms, 1))
@@ -97,23 +108,25 @@ class SoftSync:
         """Send what is queued, a batch at a time; a failure puts the batch back (unless
         newer changes replaced it) and propagates. Returns the records sent."""
         sent = 0
-        while self.outbox:
+        while self.outbox or self.pins:
             taken = []
             while self.outbox and len(taken) < BATCH:
                 taken.append(self.outbox.popitem(last=False))
+            pins = [self.pins.popleft() for _ in range(min(len(self.pins), BATCH))]
             try:
-                await call("put", *self._put_args(taken))
+                await call("put", *self._put_args(taken, pins))
             except BaseException:
                 for key, value in reversed(taken):
                     if key not in self.outbox:
                         self.outbox[key] = value
                         self.outbox.move_to_end(key, last=False)
+                self.pins.extendleft(reversed(pins))
                 raise
-            sent += len(taken)
+            sent += len(taken) + len(pins)
         return sent
 
-    def _put_args(self, taken: list[tuple[tuple[Any, ...], tuple[Callable[[], Record | None], int]]]
-                  ) -> tuple[list[str], list[Any]]:
+    def _put_args(self, taken: list[tuple[tuple[Any, ...], tuple[Callable[[], Record | None], int]]],
+                  pins: list[Record]) -> tuple[list[str], list[Any]]:
         by_kind: dict[str, list[tuple[str, bytes, int]]] = {}
         for _, (make, ttl_ms) in taken:
             record = make()
@@ -127,6 +140,7 @@ class SoftSync:
             for field, line, ttl_ms in rows:
                 args.extend((field, line, ttl_ms))
                 lines.append(line)
+        lines.extend(encode_record(pin) for pin in pins)
         args[1] = encode_batch(self._replica, lines)
         return keys, args
 
@@ -134,8 +148,33 @@ class SoftSync:
 
     def apply_message(self, message: bytes) -> None:
         """A batch from the state channel (our own were skipped by the caller)."""
+        sender = message.split(b"\n", 1)[0].decode(errors="replace")
         for kind, data in decode_batch(message):
-            self._apply(kind, data)
+            if kind == PIN:
+                self._apply_pin(sender, data)
+            else:
+                self._apply(kind, data)
+
+    def _apply_pin(self, sender: str, data: dict[str, Any]) -> None:
+        try:
+            key = (sender, str(data["s"]), int(data["slot"]))
+            change = 1 if int(data["c"]) > 0 else -1
+        except (KeyError, TypeError, ValueError):
+            return
+        held = self._remote_pins.get(key, 0)
+        if change < 0 and held <= 0:
+            return  # its +1 was lost (we were away): nothing to undo
+        self._remote_pins[key] = held + change
+        if held + change <= 0:
+            del self._remote_pins[key]
+        self._registry.merge_pin(key[1], key[2], change)
+
+    def forget_pins(self) -> None:
+        """The link broke: the ends of other replicas' pins may never come; drop them all
+        (polls show what is busy meanwhile)."""
+        for (_, server, slot), held in self._remote_pins.items():
+            self._registry.merge_pin(server, slot, -held)
+        self._remote_pins.clear()
 
     async def load(self, call: Call) -> int:
         """Every live record in Redis, oldest first (a slot's newest prompt wins)."""

@@ -28,6 +28,7 @@ INSTANCES_REMEMBERED = 256  # model names per backend whose instance list is kep
 class PollMark:
     inflight: dict[str, int]
     pinned: frozenset[int]
+    remote: dict[int, int] = field(default_factory=dict)  # other replicas' pins (shared state)
 
 
 @dataclass
@@ -59,6 +60,10 @@ class BackendState:
     slots: SlotsInfo | None = None
     pinned: dict[int, int] = field(default_factory=dict)  # slot id -> our requests pinned there
     pinned_since: dict[int, float] = field(default_factory=dict)  # slot id -> when the latest began
+    # Slot id -> other replicas' requests pinned there now (shared state): counted as busy,
+    # and a poll that saw them busy is read as it is for our own.
+    remote_pinned: dict[int, int] = field(default_factory=dict)
+    remote_pinned_at_poll: dict[int, int] = field(default_factory=dict)
     pace: Pace = field(default_factory=Pace)  # learnt slot turnover
     # Seen on /slots: an idle slot that held a prompt was emptied (a unified KV cache,
     # llama-server's default without --parallel, saves idle slots to its host cache and
@@ -128,13 +133,15 @@ class BackendState:
 class InflightSlot:
     """Counts one request on server x instance while the ``async with`` body runs."""
 
-    __slots__ = ("_state", "_instance", "_held", "_pinned", "_on_release", "_now", "_since", "_lease")
+    __slots__ = ("_state", "_instance", "_held", "_pinned", "_on_release", "_now", "_since", "_lease", "_on_pin")
 
     def __init__(self, state: BackendState, instance: str, pinned: int | None = None,
                  on_release: Callable[[], None] | None = None,
-                 now: Callable[[], float] | None = None, lease: Lease | None = None) -> None:
+                 now: Callable[[], float] | None = None, lease: Lease | None = None,
+                 on_pin: Callable[[BackendState, int, bool], None] | None = None) -> None:
         self._state = state
         self._lease = lease
+        self._on_pin = on_pin
         self._instance = instance
         self._held = False
         self._pinned = pinned
@@ -150,6 +157,8 @@ class InflightSlot:
             state.pinned[self._pinned] = state.pinned.get(self._pinned, 0) + 1
             if self._now is not None:
                 self._since = state.pinned_since[self._pinned] = self._now()
+            if self._on_pin is not None:
+                self._on_pin(state, self._pinned, True)
         self._held = True
         return self
 
@@ -177,6 +186,8 @@ class InflightSlot:
                 state.pinned_since.pop(self._pinned, None)
             if self._now is not None:
                 state.pace.observe_occupancy(self._now() - self._since)
+            if self._on_pin is not None:
+                self._on_pin(state, self._pinned, False)
         if self._lease is not None:
             self._lease.release()
         if self._on_release is not None:
@@ -196,6 +207,7 @@ class Registry:
         self._degraded_live: int | None = None
         # A request failed on a server (suspect, maybe circuit opened): shared with replicas.
         self.on_health: Callable[[BackendState], None] | None = None
+        self.on_pin: Callable[[BackendState, int, bool], None] | None = None  # a slot pinned / let go
         self.reconfigure(config)
 
     def reconfigure(self, config: Config) -> None:
@@ -244,6 +256,17 @@ class Registry:
             return NO_LEASE
         return await self.admission.admit(state)
 
+    def merge_pin(self, name: str, slot: int, change: int) -> None:
+        """Another replica pinned a request to ``slot`` (+1) or let it go (-1)."""
+        state = self._states.get(name)
+        if state is None:
+            return
+        left = state.remote_pinned.get(slot, 0) + change
+        if left > 0:
+            state.remote_pinned[slot] = left
+        else:
+            state.remote_pinned.pop(slot, None)
+
     def merge_health(self, name: str, suspect: bool, open_until: float | None) -> None:
         """Another replica saw requests fail there: suspect too, and its circuit's end."""
         state = self._states.get(name)
@@ -266,12 +289,13 @@ class Registry:
 
     def slot(self, name: str, instance: str, pinned: int | None = None, lease: Lease | None = None) -> InflightSlot:
         return InflightSlot(self._states[name], instance, pinned, self.on_release, self._clock.monotonic,
-                            lease if lease is not NO_LEASE else None)
+                            lease if lease is not NO_LEASE else None, self.on_pin)
 
     def poll_mark(self, name: str) -> PollMark:
         """Our own share of a server's work as a poll is sent (see ``record_signals``)."""
         state = self._states[name]
-        return PollMark(dict(state.inflight), frozenset(state.pinned))
+        return PollMark(dict(state.inflight), frozenset(state.pinned).union(state.remote_pinned),
+                        dict(state.remote_pinned))
 
     def record_signals(self, name: str, load: BackendLoad | None, slots: SlotsInfo | None, kind: str,
                        mark: PollMark | None = None) -> None:
@@ -284,12 +308,17 @@ class Registry:
                 state.clears_idle_slots = emptied_idle_slot(state.slots, slots)
             state.load, state.slots, state.kind = load, slots, kind
             state.load_at = self._clock.monotonic()
-            inflight, pinned = dict(state.inflight), frozenset(state.pinned)
+            inflight, pinned = dict(state.inflight), frozenset(state.pinned).union(state.remote_pinned)
             if mark is not None:
                 for instance, count in mark.inflight.items():
                     inflight[instance] = max(inflight.get(instance, 0), count)
                 pinned |= mark.pinned
+            remote = dict(state.remote_pinned)
+            if mark is not None:
+                for slot, count in mark.remote.items():
+                    remote[slot] = max(remote.get(slot, 0), count)
             state.inflight_at_poll, state.pinned_at_poll = inflight, pinned
+            state.remote_pinned_at_poll = remote
 
     def record_failure(self, name: str, circuit_failures: int, circuit_open_s: float) -> None:
         """A request failed before its first byte: suspect now, circuit open after a run of them."""

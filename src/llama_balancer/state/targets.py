@@ -11,7 +11,7 @@ from typing import Iterable
 from ..core.config import RoutingOptions
 from ..core.placement import Target
 from ..core.prefix import Fingerprint
-from ..core.signals import BackendLoad, free_capacity, fuse_load
+from ..core.signals import BackendLoad, SlotsInfo, free_capacity, fuse_load
 from .affinity import AffinityStore
 from .registry import BackendState, Registry
 
@@ -55,7 +55,13 @@ def _target(state: BackendState, instance: str, order: int, affinity: AffinitySt
         load = own if own > 0 else 0
     else:
         age = now - load_at if load_at is not None else float("nan")
-        load = fuse_load(own, polled, age, routing.poll_max_age_s, state.inflight_at_poll.get(instance, 0))
+        own_at_poll = state.inflight_at_poll.get(instance, 0)
+        if slots is not None and (state.remote_pinned or state.remote_pinned_at_poll):
+            # Other replicas' pinned requests (shared state) count as ours do: busy now, and
+            # not another client's where the poll saw them and they ended since.
+            own, own_at_poll = own + _remote(state.remote_pinned, slots), own_at_poll + _remote(
+                state.remote_pinned_at_poll, slots)
+        load = fuse_load(own, polled, age, routing.poll_max_age_s, own_at_poll)
     match_chars = affinity.match_chars(state.name, instance, fp)
     status = state.health(now)
     if slots is None:
@@ -65,9 +71,10 @@ def _target(state: BackendState, instance: str, order: int, affinity: AffinitySt
     capacity = free_capacity(state.limit, state.counted, slots.total, load)
     # Idle: what the poll saw idle, plus slots it saw busy only with our own pinned requests
     # (ended since, unless pinned again); minus the slots our requests hold now.
-    pinned, pinned_at_poll = state.pinned, state.pinned_at_poll
+    pinned, pinned_at_poll, remote = state.pinned, state.pinned_at_poll, state.remote_pinned
     idle = () if state.clears_idle_slots else tuple(  # no pinning where idle slots are emptied
-        s.id for s in slots.slots if s.id not in pinned and (not s.processing or s.id in pinned_at_poll))
+        s.id for s in slots.slots
+        if s.id not in pinned and s.id not in remote and (not s.processing or s.id in pinned_at_poll))
     busy_match, busy_wait = _best_busy_slot(state, affinity, idle, fp, now)
     return Target(
         server=state.name,
@@ -84,6 +91,10 @@ def _target(state: BackendState, instance: str, order: int, affinity: AffinitySt
         busy_match=busy_match,
         busy_wait_s=busy_wait,
     )
+
+
+def _remote(pins: dict[int, int], slots: SlotsInfo) -> int:
+    return sum(pins.get(slot.id, 0) for slot in slots.slots) if pins else 0
 
 
 def _best_busy_slot(state: BackendState, affinity: AffinityStore, idle: tuple[int, ...], fp: Fingerprint,
