@@ -5,7 +5,7 @@ build tests/real uses): a 37-token prompt sent twice, the second time 36 tokens 
 """
 from __future__ import annotations
 
-from llama_balancer.core.usage import Usage, usage_from_tail
+from llama_balancer.core.usage import Usage, head_of, usage_from_tail
 
 MODEL = b'"model":"tiny-128x2.gguf","system_fingerprint":"b1-0c1e570","object":"chat.completion.chunk"'
 TIMINGS = (b'"timings":{"cache_n":36,"prompt_n":1,"prompt_ms":1.151,"prompt_per_token_ms":1.151,'
@@ -96,3 +96,57 @@ def test_an_answer_without_numbers_gives_none():
 
 def test_a_cut_off_tail_still_reads_what_is_whole():
     assert usage_from_tail(b'tokens":12,"completion_tokens":8}, "usage": {}') == Usage(None, 8, None, None)
+
+
+# --- the other APIs (shapes from a real llama-server's /v1/messages and /v1/responses; Ollama's docs)
+
+ANTHROPIC_START = (b'event: message_start\ndata: {"type":"message_start","message":{"id":"chatcmpl-U","type":"message",'
+                   b'"role":"assistant","content":[],"model":"tiny","stop_reason":null,"stop_sequence":null,'
+                   b'"usage":{"cache_read_input_tokens":10,"input_tokens":1,"output_tokens":0}}}\n\n')
+ANTHROPIC_END = (b'event: content_block_stop\ndata: {"type":"content_block_stop","index":0}\n\n'
+                 b'event: message_delta\ndata: {"type":"message_delta","delta":{"stop_reason":"max_tokens",'
+                 b'"stop_sequence":null},"usage":{"output_tokens":3}}\n\nevent: message_stop\ndata: {"type":"message_stop"}\n\n')
+
+
+def test_an_anthropic_answer_counts_the_cached_part_apart_from_input_tokens():
+    answer = (b'{"id":"chatcmpl-d","type":"message","role":"assistant","content":[{"type":"text","text":"x"}],'
+              b'"model":"tiny","stop_reason":"max_tokens","stop_sequence":null,'
+              b'"usage":{"cache_read_input_tokens":10,"input_tokens":1,"output_tokens":3}}')
+    assert usage_from_tail(answer) == Usage(11, 3, 10, None)
+    created = b'{"usage":{"input_tokens":5,"cache_creation_input_tokens":20,"cache_read_input_tokens":0,"output_tokens":2}}'
+    assert usage_from_tail(created) == Usage(25, 2, 0, None)
+
+
+def test_an_anthropic_stream_has_the_prompt_in_message_start_and_the_output_in_the_last_message_delta():
+    assert usage_from_tail(ANTHROPIC_START + ANTHROPIC_END) == Usage(11, 3, 10, None)
+    assert usage_from_tail(ANTHROPIC_END) == Usage(None, 3, None, None), "message_start out of the tail"
+
+
+def test_the_first_event_of_an_answer_is_kept_beside_the_tail():
+    delta = b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"x"}}\n\n'
+    assert head_of(ANTHROPIC_START + delta) == ANTHROPIC_START
+    assert head_of(b'{"usage":{"prompt_tokens":9}}') == b"", "a JSON body has no events"
+    assert head_of(b"data: " + b"x" * 4096 + b"\n\n") == b"", "an event longer than HEAD_BYTES"
+    assert usage_from_tail(head_of(ANTHROPIC_START + delta) + delta * 3 + ANTHROPIC_END) == Usage(11, 3, 10, None)
+
+
+def test_a_response_counts_input_tokens_with_their_cached_part():
+    answer = (b'{"completed_at":1,"created_at":1,"id":"resp_n","model":"tiny","object":"response","output":[],'
+              b'"status":"completed","usage":{"input_tokens":11,"output_tokens":3,"total_tokens":14,'
+              b'"input_tokens_details":{"cached_tokens":10}}}')
+    assert usage_from_tail(answer) == Usage(11, 3, 10, None)
+    completed = (b'event: response.completed\ndata: {"type":"response.completed","response":{"id":"resp_Q",'
+                 b'"usage":{"input_tokens":11,"output_tokens":3,"total_tokens":14,"input_tokens_details":'
+                 b'{"cached_tokens":10}}},"timings":{"cache_n":10,"prompt_n":1,"prompt_ms":9.7,"predicted_n":3,'
+                 b'"predicted_ms":13.962}}\n\n')
+    assert usage_from_tail(completed) == Usage(11, 3, 10, 13.962)
+
+
+def test_ollama_counts_come_from_the_last_line_and_eval_duration_is_in_nanoseconds():
+    tail = (b'{"model":"m","created_at":"2025-01-01T00:00:00Z","message":{"role":"assistant","content":"x"},"done":false}\n'
+            b'{"model":"m","created_at":"2025-01-01T00:00:00Z","message":{"role":"assistant","content":""},"done":true,'
+            b'"done_reason":"stop","total_duration":4883583458,"load_duration":1334875,"prompt_eval_count":26,'
+            b'"prompt_eval_duration":342546000,"eval_count":282,"eval_duration":4535599000}\n')
+    assert usage_from_tail(tail) == Usage(26, 282, None, 4535.599)
+    embedded = b'{"model":"m","embeddings":[[0.1]],"total_duration":1,"load_duration":1,"prompt_eval_count":8}'
+    assert usage_from_tail(embedded) == Usage(8, None, None, None)

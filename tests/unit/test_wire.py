@@ -186,3 +186,23 @@ async def test_a_pooled_connection_is_not_reused_past_the_backends_keep_alive_ti
     pool.put_back(conn)
     conn.idle_since -= 4.5  # idle longer than the backend's timeout minus a second
     assert pool._pooled(conn.key) is None and upstream.closed
+
+
+async def test_a_long_stream_keeps_its_first_event_beside_the_tail_for_the_usage_read_there():
+    from llama_balancer.core.usage import TAIL_BYTES, usage_from_tail
+    start = (b'event: message_start\ndata: {"type":"message_start","message":{"usage":'
+             b'{"cache_read_input_tokens":10,"input_tokens":1,"output_tokens":0}}}\n\n')
+    delta = b'event: content_block_delta\ndata: {"type":"content_block_delta","delta":{"text":"x"}}\n\n'
+    end = b'event: message_delta\ndata: {"type":"message_delta","usage":{"output_tokens":400}}\n\n'
+    pieces = [start + delta] + [delta] * 400 + [end]
+    wire = b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in pieces) + b"0\r\n\r\n"
+    _, conn, _ = await answered(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+    client, ex = Recorder(), exchange()
+    done = conn.relay(client, b"H|", ex)
+    for cut in range(0, len(wire), 1000):
+        conn.data_received(wire[cut:cut + 1000])
+    await done
+    assert ex.tail[0] == start, "the first event stays"
+    assert TAIL_BYTES <= sum(map(len, ex.tail[1:])) < TAIL_BYTES + 1000, "the rest is the tail"
+    assert (usage_from_tail(b"".join(ex.tail)).prompt_tokens, usage_from_tail(b"".join(ex.tail)).completion_tokens) \
+        == (11, 400)

@@ -1,8 +1,9 @@
 """Token usage read from the tail of a response, without parsing the whole body.
 
-Works for a JSON answer (``usage`` object) and for an SSE stream (a usage chunk when the
-client asked for one, or llama-server's ``timings`` in the finish chunk). The relay keeps
-only the last few KiB of each answer, so this costs nothing per chunk and one scan at the end.
+Works for a JSON answer (``usage`` object) and for an SSE or NDJSON stream (a usage chunk when
+the client asked for one, or llama-server's ``timings`` in the finish chunk). The relay keeps
+only the last few KiB of each answer (and its first event, ``head_of``), so this costs nothing
+per chunk and one scan at the end.
 
 The two ways of counting a prompt, and how they meet:
 
@@ -16,6 +17,18 @@ a streamed chat carries ``timings`` in its finish chunk, or, with
 ``stream_options.include_usage``, in the final usage chunk (``choices: []``) next to
 ``usage``. Its native ``/completion`` has ``timings`` only (its ``tokens_cached`` counts the
 generated tokens too, so it is not read).
+
+The other APIs' counts:
+
+- OpenAI Responses: ``usage.input_tokens`` (the whole prompt), ``output_tokens``,
+  ``input_tokens_details.cached_tokens``; a stream's ``response.completed`` event has them
+  (llama-server adds ``timings`` there).
+- Anthropic Messages: ``usage.input_tokens`` counts the prompt *without* its cached part,
+  ``cache_read_input_tokens`` (and ``cache_creation_input_tokens``) the rest; a stream has them
+  in ``message_start`` (the answer's first event, which ``head_of`` keeps) and the output
+  tokens in the last ``message_delta``.
+- Ollama: ``prompt_eval_count``, ``eval_count`` and ``eval_duration`` (ns) in the last line
+  (or the whole answer); no cached count.
 """
 from __future__ import annotations
 
@@ -24,10 +37,14 @@ from dataclasses import dataclass
 
 from .frozen import quick_init
 
-_FIELD = re.compile(rb'"(prompt_tokens|completion_tokens|cached_tokens|predicted_n|prompt_n|cache_n|predicted_ms)"'
+_FIELD = re.compile(rb'"(prompt_tokens|completion_tokens|cached_tokens|predicted_n|prompt_n|cache_n|predicted_ms'
+                    rb'|input_tokens|output_tokens|cache_read_input_tokens|cache_creation_input_tokens'
+                    rb'|prompt_eval_count|eval_count|eval_duration)"'
                     rb'\s*:\s*([0-9][0-9.eE+-]*)')
+_MARKERS = (b'"usage"', b'"timings"', b'"eval_count"', b'"prompt_eval_count"')
 
 TAIL_BYTES = 8192
+HEAD_BYTES = 2048  # of an answer's first event, kept with the tail (``head_of``)
 
 
 @quick_init
@@ -42,28 +59,55 @@ class Usage:
 def usage_from_tail(tail: bytes) -> Usage | None:
     """The last ``usage`` numbers in ``tail``, completed from llama-server ``timings``; None
     if neither says anything."""
-    if b'"usage"' not in tail and b'"timings"' not in tail:
+    if not any(marker in tail for marker in _MARKERS):
         return None
     # Later occurrences win: the final chunk is the complete one.
     last: dict[bytes, bytes] = dict(_FIELD.findall(tail))
     if not last:
         return None
-    prompt_n, cache_n = _int(last.get(b"prompt_n")), _int(last.get(b"cache_n"))
-    prompt = _int(last.get(b"prompt_tokens"))
-    if prompt is None and prompt_n is not None:
-        prompt = prompt_n + (cache_n or 0)  # timings count the uncached part only
-    completion = _int(last.get(b"completion_tokens"))
-    if completion is None:
-        completion = _int(last.get(b"predicted_n"))
+    prompt, completion = _prompt(last), _first(last, b"completion_tokens", b"output_tokens", b"eval_count",
+                                               b"predicted_n")
     if prompt is None and completion is None:
         return None
-    cached = _int(last.get(b"cached_tokens"))
-    if cached is None:
-        cached = cache_n
+    cached = _first(last, b"cached_tokens", b"cache_read_input_tokens", b"cache_n")
     if cached is not None and prompt is not None:
         cached = min(cached, prompt)
-    predicted_ms = last.get(b"predicted_ms")
-    return Usage(prompt, completion, cached, None if predicted_ms is None else _float(predicted_ms))
+    generation_ms = _float(last.get(b"predicted_ms"))
+    if generation_ms is None and b"eval_duration" in last:
+        generation_ms = (_float(last[b"eval_duration"]) or 0.0) / 1e6  # Ollama's nanoseconds
+    return Usage(prompt, completion, cached, generation_ms)
+
+
+def _prompt(last: dict[bytes, bytes]) -> int | None:
+    """The whole prompt, however the answer counts it (module docstring)."""
+    prompt = _int(last.get(b"prompt_tokens"))
+    if prompt is not None:
+        return prompt
+    given = _int(last.get(b"input_tokens"))
+    if given is not None:
+        read, created = _int(last.get(b"cache_read_input_tokens")), _int(last.get(b"cache_creation_input_tokens"))
+        return given + (read or 0) + (created or 0)  # Anthropic counts the cached part apart; Responses has none
+    prompt = _int(last.get(b"prompt_eval_count"))
+    if prompt is not None:
+        return prompt
+    prompt_n = _int(last.get(b"prompt_n"))
+    return None if prompt_n is None else prompt_n + (_int(last.get(b"cache_n")) or 0)  # timings: uncached only
+
+
+def _first(last: dict[bytes, bytes], *keys: bytes) -> int | None:
+    for key in keys:
+        value = _int(last.get(key))
+        if value is not None:
+            return value
+    return None
+
+
+def head_of(first_piece: bytes) -> bytes:
+    """What of an answer's first piece is kept beside its tail: its first event (up to a blank
+    line, within HEAD_BYTES), where an Anthropic stream counts the prompt; nothing for a JSON
+    body or an event that long."""
+    end = first_piece.find(b"\n\n", 0, HEAD_BYTES)
+    return first_piece[:end + 2] if end >= 0 else b""
 
 
 def _int(raw: bytes | None) -> int | None:

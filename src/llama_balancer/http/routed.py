@@ -35,10 +35,12 @@ from .recording import begin_exchange_for, finish_exchange
 from .unknown import check_known
 from .upstream_headers import headers_for
 
-# OpenAI-style paths must name a model; llama.cpp's native ones may omit it (-> fallback).
+# OpenAI-style paths (Anthropic's /v1/messages too) and Ollama's native API must name a
+# model; llama.cpp's native ones may omit it (-> fallback).
+OLLAMA_PATHS = ("/api/chat", "/api/generate", "/api/embed", "/api/embeddings")
 MODEL_REQUIRED = (
     "/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses",
-    "/v1/messages", "/v1/rerank", "/v1/reranking", "/rerank", "/reranking",
+    "/v1/messages", "/v1/rerank", "/v1/reranking", "/rerank", "/reranking", *OLLAMA_PATHS,
 )
 MODEL_OPTIONAL = ("/completion", "/completions", "/infill", "/embedding", "/embeddings")
 # Endpoints that take llama-server's id_slot (pinning a slot whose cache holds the prompt).

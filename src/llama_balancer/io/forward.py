@@ -13,9 +13,10 @@ import time
 import aiohttp
 from aiohttp import web
 
-from ..core.usage import TAIL_BYTES
+from ..core.usage import TAIL_BYTES, head_of
 from ..state.exchange import Exchange
 from .headers import client_response_headers
+from .http1 import is_stream_type
 from .upstream import map_error
 
 log = logging.getLogger("llama_balancer.forward")
@@ -32,7 +33,7 @@ async def relay_response(request: web.Request, upstream: aiohttp.ClientResponse,
     if exchange is not None:
         headers["X-Request-Id"] = exchange.request_id
         exchange.status = upstream.status
-        exchange.streamed = upstream.content_type == "text/event-stream"
+        exchange.streamed = is_stream_type(upstream.content_type)
     response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
     if upstream.headers.get("Content-Length") is None and _may_have_body(request, upstream):
         response.enable_chunked_encoding()
@@ -82,10 +83,12 @@ async def _relay_observed(upstream: aiohttp.ClientResponse, response: web.Stream
     while chunk := await read():
         if exchange.first_byte is None:
             exchange.first_byte = time.monotonic()
+        if not tail:  # the answer's first piece: its first event stays too (core.usage.head_of)
+            tail.append(head_of(chunk))
         tail.append(chunk)
         kept += len(chunk)
-        while kept - len(tail[0]) >= TAIL_BYTES:
-            kept -= len(tail.pop(0))
+        while kept - len(tail[1]) >= TAIL_BYTES:
+            kept -= len(tail.pop(1))
         await response.write(chunk)
 
 

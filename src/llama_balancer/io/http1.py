@@ -30,7 +30,7 @@ class AnswerHead:
     chunked: bool
     keep_alive: bool
     transfer_encoding: str = ""  # as sent, restated to the client (the bytes pass unchanged)
-    event_stream: bool = False  # Content-Type: text/event-stream (a streamed answer)
+    event_stream: bool = False  # Content-Type: text/event-stream or NDJSON (a streamed answer)
     keepalive_s: float | None = None  # the backend's "Keep-Alive: timeout=N": it closes idle ones then
 
     @property
@@ -94,6 +94,14 @@ class AnswerFraming:
                 raise ValueError(str(exc) or type(exc).__name__) from None
 
 
+STREAM_TYPES = ("text/event-stream", "application/x-ndjson")  # SSE; Ollama's NDJSON
+
+
+def is_stream_type(content_type: str) -> bool:
+    """Whether a Content-Type is a streamed answer's (its parameters ignored)."""
+    return content_type.partition(";")[0].strip().lower() in STREAM_TYPES
+
+
 def parse_answer_head(head: bytes) -> AnswerHead:
     """The head of an answer (without the blank line), read by llhttp; ValueError when
     malformed. See ``AnswerFraming`` to check the body that follows too."""
@@ -113,7 +121,7 @@ def _answer_head(status: int, keep_alive: bool, reason: bytes, headers: list[tup
         if low not in _NOT_RELAYED:
             relayed.append((low, f"{name}: {value}"))
             if low == "content-type":
-                event_stream = value[:17].lower() == "text/event-stream"
+                event_stream = is_stream_type(value)
         elif low == "content-length":
             length = int(value)  # llhttp checked: digits, one value
         elif low == "transfer-encoding":

@@ -17,7 +17,7 @@ import time
 from typing import TYPE_CHECKING
 
 from ..core.errors import UpstreamError, UpstreamTimeout
-from ..core.usage import TAIL_BYTES
+from ..core.usage import TAIL_BYTES, head_of
 from ..state.exchange import Exchange
 from .http1 import AnswerFraming, AnswerHead, ChunkedScanner
 
@@ -234,10 +234,12 @@ class UpstreamConnection(asyncio.Protocol):
 
     def _keep(self, piece: bytes) -> None:
         tail = self._exchange.tail  # type: ignore[union-attr]
+        if not tail:  # the answer's first piece: its first event stays too (core.usage.head_of)
+            tail.append(head_of(piece))
         tail.append(piece)
         self._kept += len(piece)
-        while self._kept - len(tail[0]) >= TAIL_BYTES:
-            self._kept -= len(tail.pop(0))
+        while self._kept - len(tail[1]) >= TAIL_BYTES:
+            self._kept -= len(tail.pop(1))
 
     def _finish(self) -> None:
         """The answer ended: the exchange is done, the connection goes back to the pool."""
