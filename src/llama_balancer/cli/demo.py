@@ -2,7 +2,9 @@
 
 PC1 serves two instances of ``llama-3.1-8b`` (``llama-3.1-8b`` and ``llama-3.1-8b-2``),
 PC2 serves ``llama-3.1-8b`` and ``qwen2.5-7b``, PC3 serves ``qwen2.5-7b`` and ``gpt-oss:20b``
-(with the two documented rewrite rules, so ``gpt-oss:20b-high`` works).
+(with the two documented rewrite rules, so ``gpt-oss:20b-high`` works). The banner shows a
+command for each API the sims answer: chat with a tool call, Anthropic messages, OpenAI
+responses, Ollama's chat.
 """
 from __future__ import annotations
 
@@ -28,6 +30,21 @@ GPT_OSS_REWRITES: list[dict[str, Any]] = [
      "merge": {"chat_template_kwargs": {"reasoning_effort": "\\2"}}},
     {"match": "(gpt-oss.*)-(apply|edit)", "model": "\\1", "merge": {"reasoning_format": "auto"}},
 ]
+
+
+def example_commands(base: str) -> list[str]:
+    """What to try against the demo: every API it answers, one command each."""
+    post = "-H 'Content-Type: application/json' -d"
+    tool = ('"tools": [{"type": "function", "function": {"name": "get_weather", "parameters": '
+            '{"type": "object", "properties": {"city": {"type": "string"}}}}}]')
+    hi = '"messages": [{"role": "user", "content": "Hi"}]'
+    return [
+        "Try (Anthropic SDK: Anthropic(base_url=\"" + base + "\"); OpenAI SDK: OpenAI(base_url=\"" + base + "/v1\")):",
+        f"  curl -N {base}/v1/chat/completions {post} '{{\"model\": \"llama-3.1-8b\", \"stream\": true, {hi}, {tool}}}'",
+        f"  curl {base}/v1/messages {post} '{{\"model\": \"qwen2.5-7b\", \"max_tokens\": 16, {hi}}}'",
+        f"  curl -N {base}/v1/responses {post} '{{\"model\": \"llama-3.1-8b\", \"stream\": true, \"input\": \"Hi\"}}'",
+        f"  curl -N {base}/api/chat {post} '{{\"model\": \"qwen2.5-7b\", {hi}}}'   # Ollama's API, NDJSON",
+    ]
 
 
 def demo_config(ports: dict[str, int], request_max: int = 4) -> dict[str, Any]:
@@ -69,6 +86,7 @@ async def _demo(host: str, port: int) -> None:
               for b, s in zip(DEMO_BACKENDS, sims)),
             f"OpenAI API base URL: http://{shown}:{port}/v1   (models: llama-3.1-8b, qwen2.5-7b, gpt-oss:20b-high)",
             f"Dashboard:           http://{shown}:{port}/llmhealth-monitor",
+            *example_commands(f"http://{shown}:{port}"),
             "Press Ctrl-C to stop.",
         ]
         await serve_until_signal(runtime, host, port, banner)
