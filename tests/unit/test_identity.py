@@ -118,3 +118,15 @@ def test_behind_trusted_proxies_the_rightmost_untrusted_hop_wins():
 
 def test_a_peer_that_is_not_an_ip_is_not_trusted():
     assert TrustedProxies(["10.0.0.0/8"]).trusts("unix-socket") is False
+
+
+def test_a_name_in_anthropic_system_or_responses_instructions_or_input_identifies_the_user():
+    from llama_balancer.core.identity import user_from_request
+    name = "ユーザーの名前は「alice」"
+    assert user_from_request({"system": name, "messages": [{"role": "user", "content": "hi"}]}) == "alice"
+    assert user_from_request({"system": [{"type": "text", "text": name}], "messages": []}) == "alice"
+    assert user_from_request({"instructions": name, "input": "hi"}) == "alice"
+    assert user_from_request({"input": [{"role": "system", "content": name}, {"role": "user", "content": "x"}]}) \
+        == "alice"
+    assert user_from_request({"messages": [{"role": "system", "content": name}]}) == "alice"
+    assert user_from_request({"prompt": name}) is None, "a text prompt declares nobody"

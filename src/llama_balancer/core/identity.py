@@ -14,6 +14,21 @@ _NAME = re.compile(
 )
 
 
+def user_from_request(payload: Any) -> str | None:
+    """The first user name declared in a request's system text: Anthropic's ``system``, the
+    Responses API's ``instructions``, then the system messages of ``messages`` (or of the
+    Responses API's ``input`` items)."""
+    if not isinstance(payload, dict):
+        return None
+    for key in ("system", "instructions"):
+        for text in _texts(payload.get(key)):
+            found = _NAME.search(text)
+            if found:
+                return next(group for group in found.groups() if group)
+    messages = payload.get("messages")
+    return user_from_messages(messages if messages is not None else payload.get("input"))
+
+
 def user_from_messages(messages: Any) -> str | None:
     """The first user name declared in a system message, if any."""
     if not isinstance(messages, list):

@@ -20,7 +20,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from ..core.config import ServerConfig
 from ..core.errors import NoBackend, QueueFullError, QueueTimeout, UpstreamError
-from ..core.identity import user_from_messages
+from ..core.identity import user_from_request
 from ..core.placement import Place
 from ..core.prefix import fingerprint
 from ..core.rewrite import apply_rewrites
@@ -114,7 +114,7 @@ async def route_call(ctx: AppContext, call: Call, ex: Exchange, attempt: Attempt
     """Parse, resolve, place and send one model-bearing request; errors propagate as ours."""
     payload = parse_payload(call.body)
     ex.model = model_of(payload, required=call.path in MODEL_REQUIRED)
-    ex.user = user_from_messages(payload.get("messages"))
+    ex.user = user_from_request(payload)
     ex.identity = ex.user or ex.ip
     if ex.model is None:
         return await _send_to_fallback(ctx, call, ex, call.body, attempt)
