@@ -19,6 +19,7 @@ import asyncio
 import datetime as dt
 import json
 import shlex
+import signal
 import sys
 import tempfile
 import time
@@ -286,6 +287,8 @@ def main(argv: list[str] | None = None) -> int:
     ns = parse_args(argv)
     if ns.render is not None:
         return render_saved(ns.render)
+    # SIGTERM unwinds like Ctrl-C, so that every run's finally stops its processes.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     return asyncio.run(main_async(ns, argv))
 
 

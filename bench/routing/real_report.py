@@ -56,7 +56,21 @@ def summarize(turns: Sequence[dict[str, Any]], errors: Sequence[str], wall_s: fl
                                                      "prompt_tokens_cached_total", "n_decode_total")}
                            for n, m in server_metrics.items()},
         "reasons": dict(sorted(Counter(str(t["reason"]) for t in turns if t.get("reason")).items())),
+        "found": dict(sorted(Counter(found(t) for t in turns if found(t)).items())),
     }
+
+
+def found(turn: dict[str, Any]) -> str | None:
+    """What a turn found cached: ``history`` (its previous prompt, within a few tokens),
+    ``preamble`` (its group's tool prompt, not its history), or ``less``; first turns are
+    ``first: preamble`` or ``first: less``. None without the tokenizer's counts."""
+    if turn.get("preamble") is None or turn.get("ceiling") is None:
+        return None
+    if turn["turn"] == 0:
+        return "first: preamble" if turn["cache_n"] >= turn["preamble"] - 2 else "first: less"
+    if turn["cache_n"] >= turn["ceiling"] - 8:  # the reply's last tokens may re-tokenize differently
+        return "history"
+    return "preamble" if turn["cache_n"] >= turn["preamble"] - 2 else "less"
 
 
 def _share(turns: Iterable[dict[str, Any]], key: str, prompt: int) -> float | None:
@@ -156,6 +170,11 @@ def _num(v: float | None, fmt: str = "{:.0f}") -> str:
     return "—" if v is None else fmt.format(v)
 
 
+def _span(values: list[float]) -> str:
+    low, high = _pct(min(values)), _pct(max(values))
+    return low if low == high else f"{low}-{high}"
+
+
 def run_table(policies: dict[str, dict[str, Any]]) -> str:
     lines = ["| policy | turns | hit ratio | vs best other | of ceiling | TTFT p50 ms | TTFT p90 ms "
              "| p90 vs least-loaded | wall s | requests per server | errors | other load |", "|" + "---|" * 12]
@@ -173,15 +192,15 @@ def run_table(policies: dict[str, dict[str, Any]]) -> str:
     ceil = [s["ceiling_ratio"] for s in policies.values() if s.get("ceiling_ratio") is not None]
     strict = [s["strict_ceiling_ratio"] for s in policies.values() if s.get("strict_ceiling_ratio") is not None]
     if ceil:
-        lines.append(f"| ceiling (previous prompt + reply cached; first turns 0) | — | {_pct(min(ceil))}-{_pct(max(ceil))} "
+        lines.append(f"| ceiling (previous prompt + reply cached; first turns 0) | — | {_span(ceil)} "
                      "| — | 1.00 | — | — | — | — | — | — | — |")
     pre = [s["preamble_ratio"] for s in policies.values() if s.get("preamble_ratio") is not None]
     if pre:
         lines.append(f"| group preamble only (every turn finds its group's tool prompt, no history) | — | "
-                     f"{_pct(min(pre))}-{_pct(max(pre))} | — | — | — | — | — | — | — | — | — |")
+                     f"{_span(pre)} | — | — | — | — | — | — | — | — | — |")
     if strict:
         lines.append(f"| unbounded cache (ceiling + shared preamble on first turns) | — | "
-                     f"{_pct(min(strict))}-{_pct(max(strict))} | — | — | — | — | — | — | — | — | — |")
+                     f"{_span(strict)} | — | — | — | — | — | — | — | — | — |")
     return "\n".join(lines)
 
 
@@ -210,6 +229,13 @@ def render(meta: dict[str, Any], workloads: dict[str, dict[str, Any]],
                 f"{wl['turns'][0]}-{wl['turns'][1]} turns; max_tokens {wl['max_tokens']}; think "
                 f"{wl['think_s'][0]:g}-{wl['think_s'][1]:g} s, idle gap {wl['idle_s'][0]:g}-{wl['idle_s'][1]:g} s "
                 f"with p {wl['idle_p']:g}; servers: {servers}, 2 slots each.", "", run_table(policies), ""]
+    kinds = ("history", "preamble", "less", "first: preamble", "first: less")
+    found_rows = [f"| {run} | {LABELS.get(p, p)} | " + " | ".join(str(s["found"].get(k, 0)) for k in kinds) + " |"
+                  for run, policies in results.items() for p, s in policies.items() if s.get("found")]
+    if found_rows:
+        out += ["#### What each turn found cached (llama-server's cache_n against the tokenizer's counts)", "",
+                "| run | policy | later turns: own history | group preamble only | less | first turns: preamble "
+                "| less |", "|---|---|---|---|---|---|---|", *found_rows, ""]
     rows = [f"| {run} | {p} | " + ", ".join(f"{k} {v}" for k, v in s["reasons"].items()) + " |"
             for run, policies in results.items() for p, s in policies.items() if s.get("reasons")]
     if rows:
