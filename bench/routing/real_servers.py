@@ -2,7 +2,7 @@
 llama-balancer (``python -m bench.routing.stack balancer``) or sglang-router.
 
 Every process is started here and stopped here, by its own pid (SIGTERM, then SIGKILL after
-a bound); each also gets SIGTERM from the kernel if the bench dies (``PR_SET_PDEATHSIG``),
+a bound); each also gets SIGKILL from the kernel if the bench dies (``PR_SET_PDEATHSIG``),
 and listens on 127.0.0.1 only.
 """
 from __future__ import annotations
@@ -67,7 +67,8 @@ def free_port() -> int:
 
 def _die_with_parent() -> None:  # runs in the child before exec
     try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        # PR_SET_PDEATHSIG: SIGKILL, since a llama-server was seen to outlive a SIGTERM.
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)
     except OSError:
         pass
 
