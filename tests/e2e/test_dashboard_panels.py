@@ -203,8 +203,8 @@ async def test_the_headline_errors_and_tooltips_show_what_the_balancer_reports(s
                                            "r.dataset.kind, r.cells[2].textContent, r.cells[3].textContent])")
     assert ["5xx", "queue_timeout", "2", "5"] in rows and ["5xx", "backend_500", "0", "2"] in rows
     assert ["failovers", "GPU2 → GPU1", "0", "6"] in rows and ["outcomes", "client_closed", "0", "7"] in rows
-    assert "queue_timeout_s" in await page.get_attribute('#errors-table tr[data-kind="queue_timeout"] td.kind', "title")
-    assert "HTTP 500" in await page.get_attribute('#errors-table tr[data-kind="backend_500"] td.kind', "title")
+    assert "queue_timeout_s" in await page.get_attribute('#errors-table tr[data-kind="queue_timeout"] td.err-kind', "title")
+    assert "HTTP 500" in await page.get_attribute('#errors-table tr[data-kind="backend_500"] td.err-kind', "title")
 
     # No GPU on this host: no GPU header. A backend without an agent: no GPU figure.
     assert await page.locator("#gpu-header").is_hidden()
