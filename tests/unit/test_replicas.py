@@ -155,3 +155,37 @@ def test_resp_commands_and_urls():
         ("10.1.2.3", 6380, 2, "user", "s@cret")
     assert "s@cret" not in address.display() and address.display().endswith("@10.1.2.3:6380/2")
     assert RedisAddress.from_url("rediss://h").tls
+
+
+def _registry():
+    from llama_balancer.core.config import config_from_data
+    from llama_balancer.state.registry import Registry
+    config = config_from_data({"servers": {"PC1": {"addr": "http://h", "health-port": 1, "model-port": 2,
+                                                   "request-max": 5}}})
+    return Registry(config, FakeClock())
+
+
+def test_degraded_limits_are_the_share_and_count_only_our_own_requests():
+    registry = _registry()
+    state = registry.state("PC1")
+    assert state.limit == 5
+    state.remote = 3
+    assert state.counted == 3
+    registry.set_degraded(2)
+    assert state.limit == 3 and state.remote == 0  # ceil(5 / 2), other replicas unknown
+    registry.set_degraded(None)
+    assert state.limit == 5
+
+
+def test_other_replicas_pins_count_and_go_into_the_poll_mark():
+    registry = _registry()
+    registry.merge_pin("PC1", 1, +1)
+    registry.merge_pin("PC1", 1, +1)
+    registry.merge_pin("PC1", 1, -1)
+    registry.merge_pin("gone", 0, +1)  # a server removed by a reload: ignored
+    state = registry.state("PC1")
+    assert state.remote_pinned == {1: 1}
+    mark = registry.poll_mark("PC1")
+    assert 1 in mark.pinned and mark.remote == {1: 1}
+    registry.merge_pin("PC1", 1, -1)
+    assert state.remote_pinned == {}

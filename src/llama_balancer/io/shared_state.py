@@ -188,6 +188,7 @@ class SharedState:
         if fresh:
             await self._connect()
         live, counts = await self._tick()
+        self.sync.alone = live <= 1
         was_degraded = self.link.mode == "degraded"
         if was_degraded:
             if fresh or not self.link.ever_shared:

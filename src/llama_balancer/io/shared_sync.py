@@ -55,6 +55,7 @@ class SoftSync:
         # What other replicas pinned, per (sender, server, slot): undone if they go silent.
         self._remote_pins: dict[tuple[str, str, int], int] = {}
         self.on_queued: Callable[[], None] | None = None
+        self.alone = True  # no other replica is live: pins would reach nobody
         self.applied = 0
         self.dropped = 0
         sticky.on_change = self._sticky_changed
@@ -88,6 +89,8 @@ class SoftSync:
         self._queue((HEALTH, state.name), lambda: record, int((left + HEALTH_GRACE_S) * 1000))
 
     def _pin_changed(self, state: BackendState, slot: int, pinned: bool) -> None:
+        if self.alone:
+            return
         self.pins.append(pin_record(state.name, slot, 1 if pinned else -1))
         if self.on_queued is not None:
             self.on_queued()
