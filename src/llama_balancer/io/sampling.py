@@ -16,6 +16,8 @@ import logging
 import time
 from typing import Callable
 
+from prometheus_client import Counter
+
 from ..state.events import EventCounts
 from ..state.queue import WaitQueue
 from ..state.registry import Registry
@@ -90,9 +92,10 @@ class DashboardSampler:
         self._failovers = self._gained(now, "failovers", self._metrics.failovers, self._failovers,
                                        lambda labels: f"{labels[0]} → {labels[1]}")
 
-    def _gained(self, now: float, group: str, counter: object, before: dict[tuple[str, ...], float],
+    def _gained(self, now: float, group: str, counter: Counter, before: dict[tuple[str, ...], float],
                 kind_of: Callable[[tuple[str, ...]], str]) -> dict[tuple[str, ...], float]:
-        totals = self._metrics.totals(counter)  # type: ignore[arg-type]
+        """What ``counter`` gained per label set since ``before``, into the errors panel."""
+        totals = self._metrics.totals(counter)
         for labels, value in totals.items():
             gained = int(round(value - before.get(labels, 0.0)))
             if gained > 0:
