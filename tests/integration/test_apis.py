@@ -18,6 +18,7 @@ LLAMA, QWEN = "llama-3.1-8b", "qwen2.5-7b"
 WEATHER = {"type": "object", "properties": {"city": {"type": "string"}, "unit": {"type": "string",
                                                                                  "enum": ["celsius", "fahrenheit"]}}}
 ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
+BRIEF = "Be brief. " * 20  # long enough for cache-aware routing to match it (min_match_chars)
 
 
 @pytest.fixture
@@ -72,11 +73,11 @@ async def test_streamed_tool_calls_through_the_openai_sdk_arrive_as_one_call_wit
 async def test_anthropic_sdk_messages_whole_and_streamed_are_routed_by_model_and_counted(cluster, http):
     runtime, _, pc2 = cluster
     client = anthropic.AsyncAnthropic(base_url=runtime.url, api_key="unused", max_retries=0)
-    message = await client.messages.create(model=QWEN, max_tokens=5, system="Be brief.", messages=ASK)
+    message = await client.messages.create(model=QWEN, max_tokens=5, system=BRIEF, messages=ASK)
     assert message.role == "assistant" and message.stop_reason == "max_tokens"
     assert message.content[0].type == "text" and message.content[0].text == "w0 w1 w2 w3 w4"
     assert message.usage.output_tokens == 5 and message.usage.input_tokens > 0
-    async with client.messages.stream(model=QWEN, max_tokens=4, system="Be brief.", messages=ASK) as stream:
+    async with client.messages.stream(model=QWEN, max_tokens=4, system=BRIEF, messages=ASK) as stream:
         texts = [text async for text in stream.text_stream]
         final = await stream.get_final_message()
     assert texts == ["w0", " w1", " w2", " w3"]
@@ -110,10 +111,10 @@ async def test_anthropic_sdk_streams_a_tool_use_block(cluster, http):
 async def test_openai_sdk_responses_whole_and_streamed(cluster, http):
     runtime, pc1, _ = cluster
     client = openai.AsyncOpenAI(base_url=runtime.url + "/v1", api_key="unused", max_retries=0)
-    response = await client.responses.create(model=LLAMA, input="Hello", instructions="Be brief.",
+    response = await client.responses.create(model=LLAMA, input="Hello", instructions=BRIEF,
                                              max_output_tokens=3)
     assert response.output_text == "w0 w1 w2" and response.usage.output_tokens == 3
-    stream = await client.responses.create(model=LLAMA, input="Hello", instructions="Be brief.",
+    stream = await client.responses.create(model=LLAMA, input="Hello", instructions=BRIEF,
                                            max_output_tokens=3, stream=True)
     kinds, deltas, completed = [], [], None
     async for event in stream:
@@ -130,6 +131,21 @@ async def test_openai_sdk_responses_whole_and_streamed(cluster, http):
     await wait_until(lambda: len(recorded(runtime)) == 2)
     assert [(r["prompt_tokens"], r["completion_tokens"]) for r in recorded(runtime)] == [
         (response.usage.input_tokens, 3), (completed.usage.input_tokens, 3)]
+    await assert_nothing_in_flight(http, runtime)
+
+
+async def test_a_response_is_pinned_to_a_slot_like_a_chat_and_a_message_is_not(cluster, http):
+    """llama-server's /v1/responses passes every field on to its chat completion, id_slot too;
+    /v1/messages keeps only the fields it converts, so pinning it would be a no-op."""
+    runtime, pc1, _ = cluster
+    turn = [{"role": "user", "content": "Hello there"}]
+    for path, body in (("/v1/chat/completions", {"messages": turn, "max_tokens": 2}),
+                       ("/v1/responses", {"input": turn, "max_output_tokens": 2}),
+                       ("/v1/messages", {"messages": turn, "max_tokens": 2})):
+        async with http.post(runtime.url + path, json={"model": LLAMA, **body}) as reply:
+            assert reply.status == 200, await reply.text()
+    pinned = {e["path"]: "id_slot" in e["body"] for e in pc1.events}
+    assert pinned == {"/v1/chat/completions": True, "/v1/responses": True, "/v1/messages": False}
     await assert_nothing_in_flight(http, runtime)
 
 

@@ -381,6 +381,21 @@ async def test_streamed_response_has_the_real_named_events_with_timings_on_compl
         assert "timings" in events[-1][1] and "usage" in events[-1][1]["response"]
 
 
+async def test_id_slot_pins_a_response_but_not_a_message(llama_servers, sims):
+    """llama-server's /v1/responses hands every field to its chat completion; /v1/messages keeps
+    only the ones it converts, so ``id_slot`` is lost there (the balancer pins only the first;
+    the sim ignores it there too: tests/sim/test_sim_apis.py)."""
+    real = llama_servers("contract")
+    sim = await sims(**SIM_SETTINGS)
+    async with aiohttp.ClientSession() as session:
+        pair = Pair(real.url, sim.url, session)
+        for path, body in (("/v1/responses", RESPONSES), ("/v1/messages", MESSAGES)):
+            before = real.log().count("selected slot by id (1)")
+            await pair.both("POST", path, body | {"id_slot": 1})
+            assert (real.log().count("selected slot by id (1)") > before) == (path == "/v1/responses"), path
+        assert [(e["path"], e["slot"]) for e in sim.events][0] == ("/v1/responses", 1)
+
+
 # --- errors -------------------------------------------------------------------------------
 
 async def test_a_prompt_longer_than_the_context_is_the_real_400(pair):

@@ -239,3 +239,19 @@ async def test_ollama_embeddings_new_and_old_and_errors_in_ollama_shape(make_sim
     assert old == {"embedding": answer["embeddings"][0]}
     status, _, text = await post(session, f"{sim.url}/api/chat", {"model": "m"})
     assert status == 400 and set(orjson.loads(text)) == {"error"}
+
+
+async def test_id_slot_pins_chat_and_responses_but_not_messages_or_ollama(make_sim, session):
+    sim = await make_sim(fast=True, slots=2)
+    for path, body in (("/v1/chat/completions", {"messages": HELLO}), ("/v1/responses", {"input": "Hi"}),
+                       ("/v1/messages", {"max_tokens": 2, "messages": HELLO}),
+                       ("/api/chat", {"model": "m", "messages": HELLO, "stream": False})):
+        for slot in (1, 0):
+            status, _, _ = await post(session, sim.url + path, body | {"id_slot": slot})
+            assert status == 200
+    slots = {}
+    for event in sim.events:
+        slots.setdefault(event["path"], []).append(event["slot"])
+    assert slots["/v1/chat/completions"] == [1, 0] and slots["/v1/responses"] == [1, 0]
+    assert slots["/v1/messages"][0] == slots["/v1/messages"][1], "the same prompt, so the slot holding it"
+    assert slots["/api/chat"][0] == slots["/api/chat"][1]

@@ -44,7 +44,9 @@ MODEL_REQUIRED = (
 )
 MODEL_OPTIONAL = ("/completion", "/completions", "/infill", "/embedding", "/embeddings")
 # Endpoints that take llama-server's id_slot (pinning a slot whose cache holds the prompt).
-SLOT_PINNABLE = frozenset({"/v1/chat/completions", "/v1/completions", "/completion", "/completions", "/infill"})
+# /v1/responses passes every field on to its chat completion; /v1/messages drops it.
+SLOT_PINNABLE = frozenset({"/v1/chat/completions", "/v1/completions", "/completion", "/completions", "/infill",
+                           "/v1/responses"})
 
 
 R = TypeVar("R", covariant=True)

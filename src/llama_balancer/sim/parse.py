@@ -7,12 +7,14 @@ from typing import Any
 
 import orjson
 
-from .dialects import (CHAT, CONVERSATIONS, EMBED, NATIVE, OLLAMA_EMBED, OLLAMA_GENERATE, RESPONSES, TEXT,
-                       chat_messages, limit_value, offered_tools, streams, tool_choice)
+from .dialects import (CHAT, CONVERSATIONS, EMBED, MESSAGES, NATIVE, OLLAMA, OLLAMA_EMBED, OLLAMA_GENERATE, RESPONSES,
+                       TEXT, chat_messages, limit_value, offered_tools, streams, tool_choice)
 from .params import DEFAULT_TEMPERATURE, generation_settings, slot_params
 from .state import SimState
 from .tokens import chat_tokens, prompt_tokens, tokenize
 from .tools import ToolCall, planned_call
+
+UNPINNED = OLLAMA | {MESSAGES}  # endpoints that ignore a request's id_slot
 
 __all__ = ["CHAT", "TEXT", "NATIVE", "EMBED", "Job", "SimHTTPError", "check_context", "decode_body", "parse_job"]
 
@@ -120,7 +122,8 @@ def parse_job(kind: str, body: dict[str, Any], state: SimState) -> Job:
     tokens = _tokens(kind, body)
     limit = _limit(kind, body)
     stream_options = body.get("stream_options")
-    id_slot = _int_or_none(body.get("id_slot"))
+    # Like llama-server, /v1/messages keeps only the fields it converts (id_slot is not one).
+    id_slot = None if kind in UNPINNED else _int_or_none(body.get("id_slot"))
     temperature = body.get("temperature")
     return Job(
         kind=kind,
