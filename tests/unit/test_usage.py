@@ -150,3 +150,15 @@ def test_ollama_counts_come_from_the_last_line_and_eval_duration_is_in_nanosecon
     assert usage_from_tail(tail) == Usage(26, 282, None, 4535.599)
     embedded = b'{"model":"m","embeddings":[[0.1]],"total_duration":1,"load_duration":1,"prompt_eval_count":8}'
     assert usage_from_tail(embedded) == Usage(8, None, None, None)
+
+
+def test_the_other_apis_counts_are_found_after_a_long_text():
+    text = b"word " * 1200  # 6 KB of output before the usage
+    completed = (b'event: response.completed\ndata: {"type":"response.completed","response":{"output":[{"content":'
+                 b'[{"type":"output_text","text":"' + text + b'"}]}],"usage":{"input_tokens":11,"output_tokens":1200,'
+                 b'"total_tokens":1211,"input_tokens_details":{"cached_tokens":10}}},"timings":{"cache_n":10,'
+                 b'"prompt_n":1,"predicted_n":1200,"predicted_ms":900.5}}\n\n')
+    assert usage_from_tail(completed[-8192:]) == Usage(11, 1200, 10, 900.5)
+    message = (b'{"content":[{"type":"text","text":"' + text + b'"}],"stop_reason":"end_turn",'
+               b'"usage":{"cache_read_input_tokens":0,"input_tokens":20,"output_tokens":1200}}')
+    assert usage_from_tail(message) == Usage(20, 1200, 0, None)

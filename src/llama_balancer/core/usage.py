@@ -37,13 +37,16 @@ from dataclasses import dataclass
 
 from .frozen import quick_init
 
-_FIELD = re.compile(rb'"(prompt_tokens|completion_tokens|cached_tokens|predicted_n|prompt_n|cache_n|predicted_ms'
-                    rb'|input_tokens|output_tokens|cache_read_input_tokens|cache_creation_input_tokens'
-                    rb'|prompt_eval_count|eval_count|eval_duration)"'
-                    rb'\s*:\s*([0-9][0-9.eE+-]*)')
-_MARKERS = (b'"usage"', b'"timings"', b'"eval_count"', b'"prompt_eval_count"')
+_VALUE = rb'\s*:\s*([0-9][0-9.eE+-]*)'
+_FIELD = re.compile(rb'"(prompt_tokens|completion_tokens|cached_tokens|predicted_n|prompt_n|cache_n|predicted_ms)"'
+                    + _VALUE)
+# Anthropic's, the Responses API's and Ollama's: scanned for only when the end of the tail
+# names one (each alternative slows the regex's scan of the whole tail).
+_OTHER_FIELD = re.compile(rb'"(input_tokens|output_tokens|cache_read_input_tokens|cache_creation_input_tokens'
+                          rb'|prompt_eval_count|eval_count|eval_duration)"' + _VALUE)
 
 TAIL_BYTES = 8192
+_END_BYTES = 2048  # the end of a tail that names the final counts (usage_from_tail)
 HEAD_BYTES = 2048  # of an answer's first event, kept with the tail (``head_of``)
 
 
@@ -59,10 +62,14 @@ class Usage:
 def usage_from_tail(tail: bytes) -> Usage | None:
     """The last ``usage`` numbers in ``tail``, completed from llama-server ``timings``; None
     if neither says anything."""
-    if not any(marker in tail for marker in _MARKERS):
+    end = tail[-_END_BYTES:]  # where every one of these answers has its final counts
+    others = b'put_tokens"' in end or b'eval_count"' in end  # (cache_read_)in/output_tokens, (prompt_)eval_count
+    if not others and b'"usage"' not in tail and b'"timings"' not in tail:
         return None
     # Later occurrences win: the final chunk is the complete one.
     last: dict[bytes, bytes] = dict(_FIELD.findall(tail))
+    if others:
+        last.update(_OTHER_FIELD.findall(tail))
     if not last:
         return None
     prompt, completion = _prompt(last), _first(last, b"completion_tokens", b"output_tokens", b"eval_count",
