@@ -431,9 +431,19 @@ async def test_an_unexpected_error_reading_a_request_answers_500_and_one_log_lin
 async def test_an_unexpected_error_in_aiohttps_handler_callback_answers_500_and_closes(keyed, monkeypatch, caplog):
     runtime, _, _ = await keyed()
 
-    def broken(self: Any, data: bytes) -> None:
-        raise RuntimeError("a bug under aiohttp")
-    monkeypatch.setattr(web.RequestHandler, "data_received", broken)
+    class Broken(web.RequestHandler):  # type: ignore[misc]
+        __slots__ = ()  # same layout: the handler of this one connection can become one
+
+        def data_received(self, data: bytes) -> None:
+            raise RuntimeError("a bug under aiohttp")
+
+    made = runtime.front.hand_off
+
+    def broken_hand_off() -> Any:
+        handler = made()
+        handler.__class__ = Broken  # only this balancer's next connection (the sims' are left alone)
+        return handler
+    monkeypatch.setattr(runtime.front, "hand_off", broken_hand_off)
     with caplog.at_level(logging.WARNING):
         answer, _ = await send(runtime.port, b"GET /llmhealth HTTP/1.1\r\nHost: lb\r\n\r\n")
     assert status_of(answer) == 500
