@@ -162,6 +162,21 @@ async def test_repeated_failures_open_the_circuit(pair, http):
     assert len(pc1.events) == 2
 
 
+async def test_failures_of_a_routes_only_server_make_it_suspect_and_open_its_circuit(sims, balancer, http):
+    pc1 = await sims(name="PC1", models=[MODEL])
+    runtime = await balancer({"servers": {"PC1": server_entry(pc1)}, "models": {MODEL: ["PC1"]},
+                              "balancer": {"routing": {"circuit_failures": 2, "circuit_open_s": 30},
+                                           "health_poll_interval_s": 30}}, settle=False)
+    await wait_until(lambda: runtime.context.registry.state("PC1").served)
+    await pc1.set_fault("refuse")
+    state = runtime.context.registry.state("PC1")
+    assert (await post(http, runtime, body("a"))).status == 502  # its last (only) try failed
+    assert state.suspect and state.open_until is None
+    assert (await post(http, runtime, body("b"))).status == 502
+    assert state.open_until is not None  # two in a row: the circuit is open
+    await assert_nothing_in_flight(http, runtime)
+
+
 async def test_with_retries_off_the_backends_error_is_relayed(pair, http):
     pc1, pc2, runtime = await pair(fault="503", max_retries=0)
     response = await post(http, runtime, body())

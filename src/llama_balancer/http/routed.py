@@ -179,6 +179,9 @@ async def _route_and_send(ctx: AppContext, call: Call, ex: Exchange, resolved: R
                 raise failure.error from None
             continue
         except UpstreamError as exc:  # the last try failed before its answer began
+            # Counted like any failure: a route's only (or last) server turns suspect and,
+            # failing on, opens its circuit, as the ones retried elsewhere do.
+            ctx.registry.record_failure(placed.server, routing.circuit_failures, routing.circuit_open_s)
             note_gave_up(ctx, ex, placed.server, exc.message)
             raise
         if first_failure is not None:
