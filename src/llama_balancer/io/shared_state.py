@@ -287,7 +287,11 @@ class SharedState:
                 limit = state.server.request_max if state is not None else None
                 keys.append(self.keys.leases(server))
                 args.extend((server, limit or 0, len(ids), *ids))
-            counts = await self._call_hot("release", keys, args)
+            try:
+                counts = await self._call_hot("release", keys, args)
+            except BaseException:
+                self.book.released.extendleft(reversed(batch))  # sent again when the link is back
+                raise
             for server, count in zip(by_server, counts):
                 state = self._registry.find(server)
                 if state is not None:
