@@ -300,6 +300,8 @@ class SharedState:
     async def _send_writes(self) -> None:
         while True:
             await self._writes.wait()
+            if self.sync.alone:  # only replicas yet to start read these (from Redis): no hurry
+                await self._sleep_unless_joined(self.options.renew_interval_s)
             self._writes.clear()
             if self.link.mode == "degraded" or self._bulk is None:
                 continue  # the outbox keeps the newest change per key until the link is back
@@ -308,6 +310,11 @@ class SharedState:
             except FAILURES as exc:
                 self.counts["errors"] += 1
                 self._degrade(f"shared write failed: {_describe(exc)}")
+
+    async def _sleep_unless_joined(self, seconds: float) -> None:
+        deadline = asyncio.get_running_loop().time() + seconds
+        while self.sync.alone and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(min(0.05, seconds))
 
     def _on_push(self, value: Any) -> None:
         if not isinstance(value, list) or len(value) != 3 or value[0] != b"message":
