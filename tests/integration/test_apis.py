@@ -138,6 +138,7 @@ async def test_a_response_is_pinned_to_a_slot_like_a_chat_and_a_message_is_not(c
     """llama-server's /v1/responses passes every field on to its chat completion, id_slot too;
     /v1/messages keeps only the fields it converts, so pinning it would be a no-op."""
     runtime, pc1, _ = cluster
+    await wait_until(lambda: runtime.context.registry.state("PC1").slots is not None)  # pinning needs them
     turn = [{"role": "user", "content": "Hello there"}]
     for path, body in (("/v1/chat/completions", {"messages": turn, "max_tokens": 2}),
                        ("/v1/responses", {"input": turn, "max_output_tokens": 2}),
