@@ -140,3 +140,20 @@ async def test_a_queue_timeout_counts_as_a_5xx_and_as_a_queue_timeout(sims, bala
     assert errors["last_5m"]["queue_timeouts"] == {MODEL: 1}
     async with http.get(runtime.url + "/metrics") as response:
         assert "llama_balancer_queue_timeouts_total 1.0" in await response.text()
+
+
+async def test_requests_refused_before_routing_count_in_the_errors_panel_on_both_fronts(sims, balancer, http):
+    """No key (the native front's POST and aiohttp's GET), a malformed request line: refused
+    before any exchange exists, counted all the same."""
+    sim = await sims(name="PC1", models=[MODEL])
+    runtime = await balancer({"servers": {"PC1": server_entry(sim)}, "models": {MODEL: ["PC1"]},
+                              "auth": {"api_keys": ["client"], "admin_keys": ["admin"]}})
+    assert (await post(http, runtime, chat_body())).status == 401  # served by the native front
+    async with http.get(runtime.url + "/metrics") as response:  # served by aiohttp
+        assert response.status == 401
+    reader, writer = await asyncio.open_connection("127.0.0.1", runtime.port)
+    writer.write(b"POST /v1/chat/completions?a=1\tb=2 HTTP/1.1\r\nHost: lb\r\n\r\n")
+    assert (await asyncio.wait_for(reader.read(), 5)).startswith(b"HTTP/1.1 400")
+    writer.close()
+    errors = (await get_json(http, runtime, "/access-log-stats", Authorization="Bearer admin"))["errors"]
+    assert errors["last_5m"]["4xx"] == {"invalid_api_key": 2, "malformed_request": 1}

@@ -41,7 +41,7 @@ from .cors import answer_lines
 from .errors import error_bytes
 from .guards import auth_refusal, request_id_from
 from .handoff import HandedOff
-from .recording import begin_exchange, finish_exchange
+from .recording import begin_exchange, finish_exchange, note_refusal
 from .request_head import MalformedRequest, RequestHead, check_request_line, parse_request_head
 from .routed import MODEL_OPTIONAL, MODEL_REQUIRED, Call, RetryElsewhere, route_call
 
@@ -206,6 +206,7 @@ class FrontConnection(asyncio.Protocol):
             self.abort()
             return
         self.head_sent = False
+        note_refusal(self.front.ctx, exc)
         self._answer_error(exc, token_hex(16))
         self.close()
 
@@ -306,6 +307,7 @@ class FrontConnection(asyncio.Protocol):
             token = bearer_token(from_latin1(headers.get("Authorization")), from_latin1(headers.get("x-api-key")))
             refusal = auth_refusal(ctx.auth, head.method, head.path, token)
             if refusal is not None:
+                note_refusal(ctx, refusal)
                 self._answer_error(refusal, request_id)
                 return
             ex = begin_exchange(ctx, request_id, head.path, head.path, headers.get("X-Forwarded-For"), self.peer)

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from secrets import token_hex
 
 from aiohttp import web
 
 from ..core.auth import Access, AuthPolicy, bearer_token
 from ..core.errors import BalancerError
-from .context import REQUEST_ID, context_of
+from .context import REQUEST_ID, AppContext, context_of
 from .cors import preflight_answer
 from .errors import Handler, answer_errors, error_response, from_balancer_error
 from .handoff import handed_off
+from .recording import note_refusal
 from .request_head import MalformedRequest
 
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -80,21 +82,27 @@ def _refusal(request: web.Request) -> web.Response | None:
     parser aiohttp runs), only origin-form targets (``/path``: no absolute-URI, no CONNECT:
     never an open proxy), a CORS preflight answered here (browsers send no key on one), and
     the right key where keys are configured."""
+    ctx = context_of(request)
     if request.version < (1, 0):
-        return from_balancer_error(MalformedRequest("no HTTP version in the request line (HTTP/0.9 is not served)"))
+        return _refused(ctx, MalformedRequest("no HTTP version in the request line (HTTP/0.9 is not served)"))
     if _NOT_VISIBLE.search(request.raw_path):
-        return from_balancer_error(MalformedRequest("control character or non-ASCII byte in the request target"))
+        return _refused(ctx, MalformedRequest("control character or non-ASCII byte in the request target"))
     if request.method == "CONNECT" or not request.raw_path.startswith("/"):
+        ctx.events.add(time.monotonic(), "4xx", "invalid_request_target")
         return error_response(400, "only origin-form request targets are accepted (no proxying to other hosts)",
                               "invalid_request_error", "invalid_request_target")
     preflight = preflight_answer(request)
     if preflight is not None:
         return preflight
-    ctx = context_of(request)
     if not ctx.auth.enabled:
         return None
     token = bearer_token(request.headers.get("Authorization"), request.headers.get("x-api-key"))
     if token is None and request.path == "/llmhealth-monitor":
         token = request.query.get("key")  # a browser cannot add headers to a page load
     refusal = auth_refusal(ctx.auth, request.method, request.path, token)
-    return None if refusal is None else from_balancer_error(refusal)
+    return None if refusal is None else _refused(ctx, refusal)
+
+
+def _refused(ctx: AppContext, error: BalancerError) -> web.Response:
+    note_refusal(ctx, error)
+    return from_balancer_error(error)

@@ -57,6 +57,12 @@ def finish_exchange(ctx: AppContext, ex: Exchange, error: BaseException | None) 
         )
 
 
+def note_refusal(ctx: AppContext, error: BalancerError) -> None:
+    """A request refused before it became an exchange (no key, a malformed request line or
+    head, a deadline missed): the errors panel counts it by code like any other error."""
+    ctx.events.add(time.monotonic(), f"{error.status // 100}xx", error.code)
+
+
 def _count_error(ctx: AppContext, ex: Exchange, error: BaseException | None) -> None:
     """The errors panel's counts: a 4xx/5xx by kind (ours by error code, ``upstream_<how>``
     when no backend answered, ``backend_<status>`` for a backend's own error answer), and
