@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from llama_balancer.core.replicas import (AFFINITY, STICKY, Link, affinity_record, batch_sender, decode_batch,
                                           encode_batch, encode_record, health_record, replica_limit, sticky_record)
-from llama_balancer.io.resp import RedisAddress, ReplyError, command, parse
+from llama_balancer.io.resp import RedisAddress, ReplyError, command, reader
 from llama_balancer.state.leases import LeaseBook
 from llama_balancer.state.sticky import StickyStore
 
@@ -140,11 +140,13 @@ def test_binds_are_shared_and_refreshes_only_when_the_binding_was_shared_long_ag
 def test_resp_replies_parse_whole_or_report_incomplete_at_any_cut():
     wire = b"*3\r\n:1\r\n$5\r\nhello\r\n*2\r\n$-1\r\n+OK\r\n-NOSCRIPT no such script\r\n"
     for cut in range(len(wire)):
-        value, pos = parse(wire[:cut], 0)
-        assert pos == 0 or cut >= 32  # first reply is 32 bytes: incomplete before that
-    value, pos = parse(wire, 0)
-    assert value == [1, b"hello", [None, b"OK"]]
-    error, _ = parse(wire, pos)
+        replies = reader()
+        replies.feed(wire[:cut])
+        assert (replies.gets() is False) == (cut < 33)  # the first reply is 33 bytes
+    replies = reader()
+    replies.feed(wire)
+    assert replies.gets() == [1, b"hello", [None, b"OK"]]
+    error = replies.gets()
     assert isinstance(error, ReplyError) and str(error).startswith("NOSCRIPT")
 
 
