@@ -140,4 +140,14 @@ async def assert_nothing_in_flight(http: aiohttp.ClientSession, runtime: Runtime
         return snap["inflight_total"] == 0 and all(
             b["total_inflight"] == 0 and not b["model_inflight"] for b in snap["backends"]
         ) and _front_at_rest(runtime)
-    await wait_until(clear, timeout=2.0)
+    try:
+        await wait_until(clear, timeout=2.0)
+    except AssertionError:
+        snap = await snapshot(http, runtime)
+        front = runtime.front
+        serving = [] if front is None else [c for c in front.connections if c.task is not None]
+        raise AssertionError(
+            f"left behind: inflight_total={snap['inflight_total']}, "
+            f"backends={[(b['name'], b['total_inflight'], b['model_inflight']) for b in snap['backends']]}, "
+            f"serving connections={len(serving)}, pool open/idle="
+            f"{None if front is None else (front.pool.open_connections, front.pool.idle_connections)}") from None

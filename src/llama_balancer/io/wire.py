@@ -34,6 +34,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._pool, self.key = pool, key
         self.transport: asyncio.Transport | None = None
         self.closed = False
+        self.forgotten = False  # the pool has counted its close
         self.reused = 0  # exchanges carried before the current one
         self.idle_since = 0.0
         # How long it may idle in the pool: a second less than the backend keeps it (its

@@ -94,29 +94,42 @@ class WirePool:
                 return pooled
         loop = asyncio.get_running_loop()
         self._open += 1
+        conn = UpstreamConnection(self, key)
         try:
             async with asyncio.timeout(self.connect_timeout_s):
-                _, conn = await loop.create_connection(lambda: UpstreamConnection(self, key), key[0], key[1],
-                                                       ssl=True if key[2] else None)
+                await loop.create_connection(lambda: conn, key[0], key[1], ssl=True if key[2] else None)
         except TimeoutError:
-            self._released()
+            self._connect_failed(conn)
             raise UpstreamTimeout(f"{where} timed out connecting", kind="timeout", server=self._names.get(key)) from None
         except OSError as exc:
-            self._released()
+            self._connect_failed(conn)
             raise UpstreamError(f"{where} is unreachable: {exc.strerror or exc}", kind="connect",
                                 server=self._names.get(key)) from None
-        except BaseException:
-            self._released()
+        except BaseException:  # cancelled: the client left while we connected
+            self._connect_failed(conn)
             raise
-        return conn  # type: ignore[return-value]
+        return conn
+
+    def _connect_failed(self, conn: UpstreamConnection) -> None:
+        """A connect that did not finish frees its place once: cancelled after the
+        connection was made, asyncio closes it and its connection_lost forgets it too."""
+        if conn.transport is not None and conn.transport.is_closing() is False:
+            conn.transport.abort()
+        self.forget(conn)
 
     def put_back(self, conn: UpstreamConnection) -> None:
+        transport = conn.transport
+        if conn.closed or conn.forgotten or transport is None or transport.is_closing():
+            return  # closing already: its connection_lost accounts for it, once
         conn.idle_since = time.monotonic()
         self._idle.setdefault(conn.key, []).append(conn)
         self._wake_one()
 
     def forget(self, conn: UpstreamConnection) -> None:
-        """A connection closed: it leaves the pool and frees a place under the limit."""
+        """A connection closed: it leaves the pool and frees a place under the limit (once)."""
+        if conn.forgotten:
+            return
+        conn.forgotten = True
         idle = self._idle.get(conn.key)
         if idle and conn in idle:
             idle.remove(conn)
