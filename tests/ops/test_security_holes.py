@@ -218,20 +218,27 @@ async def test_a_head_trickled_on_a_connection_aiohttp_serves_is_closed_at_the_d
         writer.write(b"GET /llmhealth HTTP/1.1\r\nHost: lb\r\n\r\n")
         assert (await read_one(reader))[0] == 200
         started = time.monotonic()
-        answer = b""
-        for byte in b"GET /v1/models HTTP/1.1\r\nHost: lb\r\nX-Slow: " + b"a" * 100:  # bounded: 13 s at most
-            writer.write(bytes([byte]))
-            try:
-                answer += await asyncio.wait_for(reader.read(65536), 0.1)
-            except asyncio.TimeoutError:
-                continue
-            if reader.at_eof():
-                break
+        answer = await trickle_on(reader, writer, b"GET /v1/models HTTP/1.1\r\nHost: lb\r\nX-Slow: " + b"a" * 100)
         elapsed = time.monotonic() - started
     finally:
         writer.close()
     assert status_of(answer) == 408 and reader.at_eof()
     assert HEADER_TIMEOUT <= elapsed < HEADER_TIMEOUT + 1.5
+
+
+async def trickle_on(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, data: bytes) -> bytes:
+    """Send ``data`` a byte every 0.1 s (bounded by its length) until the balancer closes;
+    returns what it answered."""
+    answer = b""
+    for byte in data:
+        writer.write(bytes([byte]))
+        try:
+            answer += await asyncio.wait_for(reader.read(65536), 0.1)
+        except asyncio.TimeoutError:
+            continue
+        if reader.at_eof():
+            break
+    return answer
 
 
 async def test_a_long_head_handed_to_aiohttp_half_way_keeps_its_deadline(keyed):
@@ -242,15 +249,7 @@ async def test_a_long_head_handed_to_aiohttp_half_way_keeps_its_deadline(keyed):
     started = time.monotonic()
     try:
         writer.write(start)  # 12 kB: past the front's 8 kB, no blank line yet
-        answer = b""
-        for byte in b"X-Slow: " + b"a" * 100:
-            writer.write(bytes([byte]))
-            try:
-                answer += await asyncio.wait_for(reader.read(65536), 0.1)
-            except asyncio.TimeoutError:
-                continue
-            if reader.at_eof():
-                break
+        answer = await trickle_on(reader, writer, b"X-Slow: " + b"a" * 100)
         elapsed = time.monotonic() - started
     finally:
         writer.close()
