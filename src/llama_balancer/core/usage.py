@@ -109,6 +109,27 @@ def _first(last: dict[bytes, bytes], *keys: bytes) -> int | None:
     return None
 
 
+class UsageTail:
+    """The last TAIL_BYTES of an answer's payload (and its first event), kept as it passes:
+    one list of pieces, the first the answer's head event (``head_of``). The only keeper of
+    it, whichever path relays the answer."""
+
+    __slots__ = ("pieces", "_kept")
+
+    def __init__(self, pieces: list[bytes]) -> None:
+        self.pieces = pieces
+        self._kept = 0
+
+    def keep(self, piece: bytes) -> None:
+        tail = self.pieces
+        if not tail:  # the answer's first piece: its first event stays too
+            tail.append(head_of(piece))
+        tail.append(piece)
+        self._kept += len(piece)
+        while self._kept - len(tail[1]) >= TAIL_BYTES:
+            self._kept -= len(tail.pop(1))
+
+
 def head_of(first_piece: bytes) -> bytes:
     """What of an answer's first piece is kept beside its tail: its first event (up to a blank
     line, within HEAD_BYTES), where an Anthropic stream counts the prompt; nothing for a JSON

@@ -1,0 +1,483 @@
+"""The exchange: one client connection's requests and their answers, as a state machine.
+
+Pure: bytes, closes and timer firings come in as method calls; what to do goes out through
+``Effects`` (write, close, pause, send upstream, ...), which one asyncio adapter
+(``http/front.py``) carries out and the tests record (``tests/unit/test_exchange.py`` plays
+scripts of events against it). No asyncio, no sockets, no clock: time comes in with the
+events that need it.
+
+The states (``State``), one request at a time, in order:
+
+- ``IDLE``: between requests; the keep-alive timer runs.
+- ``RECEIVING``: a request's head and body arrive (llhttp, ``requests.RequestReader``); the
+  head deadline runs from its first byte. A request not served here (``is_native`` says no)
+  hands the connection, with its bytes as sent, to aiohttp (``Effects.hand_off``).
+- ``ROUTING``: the request is complete; the routing layer decides (it may queue), then
+  starts an attempt on one backend (``begin_attempt``), or gives up (``fail``).
+- ``SENT``: the request went to a backend and no byte reached the client yet. A failure or a
+  retryable status here ends the attempt (``Outcome.RETRY`` / ``FAILED``): another backend
+  may take the request.
+- ``RELAYING``: the answer's head went to the client; its bytes pass as they come. From here
+  on nothing is retried: a broken answer aborts the client connection, so no truncated
+  answer ever looks complete.
+- ``ANSWERED``: the answer is out; the routing layer finishes its bookkeeping
+  (``request_done``), then the next request, or the close.
+- ``CLOSED``, ``HANDED_OFF``: final.
+"""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Protocol
+
+from ..core.errors import BalancerError, PayloadTooLarge, RequestTimeout, UpstreamError, UpstreamTimeout
+from ..core.usage import UsageTail
+from .answers import AnswerHead, AnswerReader, client_head, error_bytes
+from .requests import END, Body, MalformedRequest, RequestHead, RequestReader
+
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+class State(enum.Enum):
+    IDLE = "idle"
+    RECEIVING = "receiving"
+    ROUTING = "routing"
+    SENT = "sent"
+    RELAYING = "relaying"
+    ANSWERED = "answered"
+    CLOSED = "closed"
+    HANDED_OFF = "handed_off"
+
+
+class Timer(enum.Enum):
+    IDLE = "idle"  # keep-alive: no request for client_idle_timeout_s
+    HEAD = "head"  # the request (head, then body) within client_header_timeout_s of its first byte
+    UPSTREAM = "upstream"  # no byte from the backend for upstream_idle_timeout_s
+
+
+class Outcome(enum.Enum):
+    """How an attempt on one backend ended (``Effects.attempt_over``)."""
+
+    ANSWERED = "answered"  # its head went to the client (relaying goes on)
+    DONE = "done"  # its answer ended cleanly
+    RETRY = "retry"  # a retryable status before anything reached the client
+    FAILED = "failed"  # it failed before anything reached the client
+    BROKEN = "broken"  # it failed after its head went to the client (the client is cut off)
+    CLIENT_GONE = "client_gone"  # the client went away
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Read when a request starts, so a reload applies to the next request."""
+
+    max_body_bytes: int
+    header_timeout_s: float
+    idle_timeout_s: float
+    max_head_bytes: int = 16384
+    max_headers: int = 128
+    read_ahead: int = 1 << 20  # bytes buffered past the request being served before reading pauses
+
+
+@dataclass(slots=True)
+class Attempt:
+    """One try on one backend, as the routing layer starts it."""
+
+    request: bytes  # the request to send, framed
+    last_try: bool  # no other backend will be tried: a retryable status is relayed as it is
+    retry_statuses: frozenset[int]
+    request_id: str
+    idle_timeout_s: float | None
+    extra_lines: tuple[str, ...] = ()  # header lines of ours for the client's head (CORS)
+    drop_header: Callable[[str], bool] | None = None  # backend header lines ours replace
+    tail: UsageTail | None = None
+
+
+@dataclass(slots=True)
+class AttemptReport:
+    """What the attempt learnt, for the exchange's record."""
+
+    status: int | None = None
+    streamed: bool = False
+    first_byte: float | None = None  # time of the first body byte relayed
+    error: UpstreamError | None = None
+    kind: str = ""  # RETRY: "http_<status>"; FAILED/BROKEN: the UpstreamError's kind
+    got_bytes: bool = False  # the backend sent anything (a reused connection that sent nothing was stale)
+    reusable: bool = False
+
+
+class Effects(Protocol):
+    """What the machine asks of the world; one asyncio adapter does it."""
+
+    def write(self, data: bytes) -> None: ...
+    def close(self, abort: bool) -> None: ...
+    def pause_reading(self) -> None: ...
+    def resume_reading(self) -> None: ...
+    def set_timer(self, timer: Timer, seconds: float) -> None: ...
+    def cancel_timer(self, timer: Timer) -> None: ...
+    def serve(self, head: RequestHead, body: bytes, refusal: BalancerError | None) -> None: ...
+    def refused(self, error: BalancerError) -> None: ...
+    def hand_off(self, raw: bytes) -> None: ...
+    def send_upstream(self, data: bytes) -> None: ...
+    def pause_upstream(self) -> None: ...
+    def resume_upstream(self) -> None: ...
+    def release_upstream(self, reuse: bool) -> None: ...
+    def attempt_over(self, outcome: Outcome, report: AttemptReport) -> None: ...
+
+
+@dataclass(slots=True)
+class _Request:
+    head: RequestHead
+    body: list[bytes] = field(default_factory=list)
+    size: int = 0
+    too_large: bool = False
+
+
+class ExchangeMachine:
+    """One client connection, from its first byte to its close."""
+
+    def __init__(self, fx: Effects, limits: Callable[[], Limits], is_native: Callable[[RequestHead], bool],
+                 request_id: Callable[[], str]) -> None:
+        self.fx = fx
+        self._limits_of = limits
+        self._is_native = is_native
+        self._new_request_id = request_id  # for answers refused before a request had one
+        self.limits = limits()
+        self.state = State.IDLE
+        self._reader = RequestReader(self.limits.max_head_bytes, self.limits.max_headers)
+        self._request: _Request | None = None
+        self._pending: list[bytes] = []  # client bytes read while a request is served
+        self._pending_size = 0
+        self._reading_paused = False
+        self._writing_paused = False
+        self._keep_alive = True  # the current request's connection stays open after its answer
+        self._client_eof = False
+        self._head_sent = False  # some answer's head went to the client for the current request
+        self._attempt: Attempt | None = None
+        self._answer: AnswerReader | None = None
+        self._report = AttemptReport()
+        self._last_upstream = 0.0
+        fx.set_timer(Timer.IDLE, self.limits.idle_timeout_s)
+
+    # -- the client side
+
+    def client_data(self, data: bytes) -> None:
+        state = self.state
+        if state is State.IDLE or state is State.RECEIVING:
+            self._read(data)
+        elif state in (State.CLOSED, State.HANDED_OFF):
+            return
+        else:  # a request is being served: what follows waits (pipelining)
+            self._pending.append(data)
+            self._pending_size += len(data)
+            if self._pending_size > self.limits.read_ahead and not self._reading_paused:
+                self._reading_paused = True
+                self.fx.pause_reading()
+
+    def client_eof(self) -> None:
+        """The client sent all it will (a half close): answer what it asked, then close."""
+        self._client_eof = True
+        if self.state is State.IDLE:
+            self._close(abort=False)
+        elif self.state is State.RECEIVING:
+            self._close(abort=False)  # an unfinished request can never be answered
+
+    def client_gone(self) -> None:
+        """The connection closed under us: give everything back."""
+        state = self.state
+        if state in (State.CLOSED, State.HANDED_OFF):
+            return
+        self.state = State.CLOSED
+        for timer in Timer:
+            self.fx.cancel_timer(timer)
+        if state in (State.SENT, State.RELAYING):
+            self._end_attempt(Outcome.CLIENT_GONE, reuse=False)
+
+    def client_writable(self, writable: bool) -> None:
+        """The client's transport asks us to stop (or resume) writing: the backend waits too."""
+        self._writing_paused = not writable
+        if self._answer is not None:
+            if writable:
+                self.fx.resume_upstream()
+            else:
+                self.fx.pause_upstream()
+
+    def timer_fired(self, timer: Timer, now: float) -> None:
+        state = self.state
+        if timer is Timer.IDLE and state is State.IDLE:
+            self._close(abort=False)
+        elif timer is Timer.HEAD and state is State.RECEIVING:
+            part = "body" if self._request is not None else "head"
+            self._refuse(RequestTimeout(f"the request {part} did not arrive within "
+                                        f"{self.limits.header_timeout_s:g} s"))
+        elif timer is Timer.UPSTREAM and state in (State.SENT, State.RELAYING):
+            attempt = self._attempt
+            assert attempt is not None and attempt.idle_timeout_s is not None
+            silent = now - self._last_upstream
+            if silent < attempt.idle_timeout_s:
+                self.fx.set_timer(Timer.UPSTREAM, attempt.idle_timeout_s - silent)
+                return
+            self._upstream_failed(UpstreamTimeout(f"no byte for {attempt.idle_timeout_s:g} s", kind="timeout"))
+
+    # -- the routing layer's side
+
+    def begin_attempt(self, attempt: Attempt, now: float) -> None:
+        """Send the request to a backend (state ROUTING)."""
+        assert self.state is State.ROUTING, self.state
+        self.state = State.SENT
+        self._attempt = attempt
+        self._report = AttemptReport()
+        dechunk = self._request is not None and self._request.head.version == "1.0"
+        self._answer = AnswerReader(attempt.tail, dechunk=dechunk)
+        self._last_upstream = now
+        if attempt.idle_timeout_s is not None:
+            self.fx.set_timer(Timer.UPSTREAM, attempt.idle_timeout_s)
+        if self._writing_paused:
+            self.fx.pause_upstream()
+        self.fx.send_upstream(attempt.request)
+
+    def fail(self, error: BalancerError, request_id: str) -> None:
+        """The routing layer gave up before an answer (or the answer broke): say so."""
+        state = self.state
+        if state in (State.CLOSED, State.HANDED_OFF):
+            return
+        if self._answer is not None:  # the routing layer gave up on an attempt under way
+            self._end_attempt(Outcome.BROKEN if self._head_sent else Outcome.FAILED, reuse=False)
+        if self._head_sent:  # an answer began: cutting the connection is the only honest end
+            self._close(abort=True)
+            return
+        close = error.closes or not self._keep_alive
+        self._head_sent = True
+        self.fx.write(error_bytes(error, request_id, close=close, extra=self._extra_lines()))
+        self._keep_alive = not close
+        self.state = State.ANSWERED
+
+    def request_done(self) -> None:
+        """The routing layer is done with the request: read on, serve what waits, or close."""
+        if self.state in (State.CLOSED, State.HANDED_OFF):
+            return
+        if self.state is not State.ANSWERED:  # it ended without answering (cannot happen in order)
+            self._close(abort=True)
+            return
+        self._request = None
+        self._head_sent = False
+        if not self._keep_alive or self._client_eof:
+            self._close(abort=False)
+            return
+        self.state = State.IDLE
+        self.limits = self._limits_of()
+        self.fx.set_timer(Timer.IDLE, self.limits.idle_timeout_s)
+        if not self._reader.idle:  # a request pipelined in one read with the last: parsed already
+            self.state = State.RECEIVING
+            self.fx.cancel_timer(Timer.IDLE)
+            self.fx.set_timer(Timer.HEAD, self.limits.header_timeout_s)
+            self._take_events()
+        if self._reading_paused and self.state is State.IDLE:
+            self._reading_paused = False
+            self.fx.resume_reading()
+        pending, self._pending, self._pending_size = self._pending, [], 0
+        for data in pending:
+            self.client_data(data)
+
+    # -- the backend's side
+
+    def upstream_data(self, data: bytes, now: float) -> None:
+        state = self.state
+        answer = self._answer
+        if answer is None or (state is not State.SENT and state is not State.RELAYING):
+            return
+        self._last_upstream = now
+        self._report.got_bytes = True
+        try:
+            body = answer.feed(data)
+        except ValueError as exc:
+            self._upstream_failed(UpstreamError(f"sent a malformed answer: {exc}", kind="protocol"))
+            return
+        if state is State.SENT:
+            head = answer.head
+            if head is None:
+                return
+            if not self._accept(head):
+                return
+            self._answer_started(head, body, now)
+        elif body:
+            if self._report.first_byte is None:
+                self._report.first_byte = now
+            self.fx.write(body)
+        if answer.complete:
+            self._answer_complete()
+
+    def upstream_closed(self, reason: str = "") -> None:
+        """The backend's connection closed (or could not be written)."""
+        answer = self._answer
+        if answer is None or self.state not in (State.SENT, State.RELAYING):
+            return
+        head = answer.head
+        if head is not None and self.state is State.RELAYING and head.length < 0 and not head.chunked:
+            answer.complete = True  # a body delimited by the close ends here
+            self._answer_complete()
+            return
+        self._upstream_failed(UpstreamError(f"closed the connection{': ' + reason if reason else ''}",
+                                            kind="reset"))
+
+    # -- internals: requests
+
+    def _read(self, data: bytes) -> None:
+        if self.state is State.IDLE:
+            self.state = State.RECEIVING
+            self.fx.cancel_timer(Timer.IDLE)
+            self.fx.set_timer(Timer.HEAD, self.limits.header_timeout_s)
+        try:
+            self._reader.feed(data)
+        except MalformedRequest as exc:
+            self._refuse(exc)
+            return
+        self._take_events()
+
+    def _take_events(self) -> None:
+        """Act on what llhttp found, up to the end of one request."""
+        events = self._reader.events
+        while events and self.state is State.RECEIVING:
+            event = events.popleft()
+            if isinstance(event, RequestHead):
+                if not self._is_native(event):
+                    self._hand_off()
+                    return
+                self._reader.keep_raw(False)
+                self._start_request(event)
+            elif isinstance(event, Body):
+                request = self._request
+                assert request is not None
+                request.size += len(event.data)
+                if request.size > self.limits.max_body_bytes:
+                    request.too_large = True
+                    self._request_complete()
+                    return
+                request.body.append(event.data)
+            elif event is END:
+                self._request_complete()
+
+    def _start_request(self, head: RequestHead) -> None:
+        self._request = request = _Request(head)
+        self._keep_alive = head.keep_alive
+        limit = self.limits.max_body_bytes
+        if head.content_length is not None and head.content_length > limit:
+            request.too_large = True  # answered at once: the body is not read
+            self._request_complete()
+        elif head.expect_continue and (head.content_length or head.chunked):
+            self.fx.write(CONTINUE)
+
+    def _request_complete(self) -> None:
+        request = self._request
+        assert request is not None
+        self.fx.cancel_timer(Timer.HEAD)
+        self.state = State.ROUTING
+        if request.too_large:  # the routing layer records it, after its checks (auth), and answers
+            self._keep_alive = False  # the rest of its body would be read as a request
+            self._reader.events.clear()
+            length = request.head.content_length if request.head.content_length is not None else request.size
+            self.fx.serve(request.head, b"", PayloadTooLarge(f"request body of {length} bytes exceeds the limit "
+                                                             f"of {self.limits.max_body_bytes} bytes"))
+            return
+        body = request.body[0] if len(request.body) == 1 else b"".join(request.body)
+        self.fx.serve(request.head, body, None)
+
+    def _hand_off(self) -> None:
+        reader = self._reader
+        if not reader.raw_known:  # pipelined behind one of ours in the same read: where it began is lost
+            self._keep_alive = False
+            self._close(abort=False)  # RFC 9112 9.3.2: the client sends it again on a new connection
+            return
+        raw = bytes(reader.raw) + b"".join(self._pending)
+        self._pending = []
+        self.state = State.HANDED_OFF
+        for timer in Timer:
+            self.fx.cancel_timer(timer)
+        self.fx.hand_off(raw)
+
+    def _refuse(self, error: BalancerError) -> None:
+        """A request that cannot be framed (or came too slowly): answered, and the connection closes."""
+        if self.state in (State.CLOSED, State.HANDED_OFF):
+            return
+        self.fx.refused(error)
+        self._keep_alive = False
+        if not self._head_sent:
+            self.fx.write(error_bytes(error, self._new_request_id(), close=True))
+        self._close(abort=False)
+
+    def _close(self, abort: bool) -> None:
+        if self.state in (State.CLOSED, State.HANDED_OFF):
+            return
+        previous = self.state
+        self.state = State.CLOSED
+        for timer in Timer:
+            self.fx.cancel_timer(timer)
+        if previous in (State.SENT, State.RELAYING):
+            self._end_attempt(Outcome.BROKEN, reuse=False)
+        self.fx.close(abort)
+
+    def _extra_lines(self) -> Iterable[str]:
+        attempt = self._attempt
+        return attempt.extra_lines if attempt is not None else ()
+
+    # -- internals: the attempt
+
+    def _accept(self, head: AnswerHead) -> bool:
+        """Whether the answer goes to the client; a retryable status before the last try ends
+        the attempt instead (another backend may serve the request)."""
+        attempt = self._attempt
+        assert attempt is not None
+        report = self._report
+        report.status, report.streamed = head.status, head.event_stream
+        if attempt.last_try or head.status not in attempt.retry_statuses:
+            return True
+        report.kind = f"http_{head.status}"
+        self.state = State.ROUTING
+        self._end_attempt(Outcome.RETRY, reuse=False)
+        return False
+
+    def _answer_started(self, head: AnswerHead, body: bytes, now: float) -> None:
+        attempt = self._attempt
+        request = self._request
+        assert attempt is not None and request is not None
+        self.state = State.RELAYING
+        relayed = head.relayed
+        if attempt.drop_header is not None:
+            relayed = [line for line in relayed if not attempt.drop_header(line.partition(":")[0])]
+            head.relayed = relayed
+        dechunked = request.head.version == "1.0" and head.chunked
+        keep = self._keep_alive and not dechunked
+        client, self._keep_alive = client_head(head, attempt.request_id, keep, attempt.extra_lines, dechunked)
+        self._head_sent = True
+        self.fx.attempt_over(Outcome.ANSWERED, self._report)
+        if body:
+            self._report.first_byte = now
+            self.fx.write(client + body)
+        else:
+            self.fx.write(client)
+
+    def _answer_complete(self) -> None:
+        answer = self._answer
+        assert answer is not None
+        self._report.reusable = answer.reusable
+        self.state = State.ANSWERED
+        self._end_attempt(Outcome.DONE, reuse=answer.reusable)
+
+    def _upstream_failed(self, error: UpstreamError) -> None:
+        self._report.error, self._report.kind = error, error.kind
+        if self.state is State.SENT:
+            self.state = State.ROUTING
+            self._end_attempt(Outcome.FAILED, reuse=False)
+            return
+        self._end_attempt(Outcome.BROKEN, reuse=False)
+        self._close(abort=True)
+
+    def _end_attempt(self, outcome: Outcome, reuse: bool) -> None:
+        """The attempt's backend connection goes back (or closes) and the routing layer hears."""
+        if self._answer is None:
+            return
+        self._answer = None
+        self.fx.cancel_timer(Timer.UPSTREAM)
+        if self._writing_paused:
+            self.fx.resume_upstream()  # a slow client's push-back must not follow the connection
+        self.fx.release_upstream(reuse)
+        self.fx.attempt_over(outcome, self._report)

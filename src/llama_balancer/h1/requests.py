@@ -1,0 +1,186 @@
+"""Client requests read by llhttp (``httptools``, strict mode), as events.
+
+One ``RequestReader`` per client connection. What it is fed, llhttp parses in full: heads,
+Content-Length and chunked bodies (de-chunked), pipelined requests, leading CRLFs. What
+llhttp refuses, and what we refuse besides (HTTP/0.9 and 2.0 request lines, an empty line,
+a head over ``max_head_bytes`` or ``max_headers``), raises ``MalformedRequest``: 400 (505,
+431) and a close. The caller feeds a connection's bytes only while it can serve what they
+hold, so a request's first byte is usually the first byte of a feed; then ``raw`` keeps the
+request's bytes as they came, for a connection handed to another server (aiohttp) whole.
+"""
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from typing import Union
+
+import httptools
+
+from ..core.errors import BadRequest
+
+_VISIBLE = bytes(range(0x21, 0x7F))  # all a request line holds, besides its two spaces
+
+
+class MalformedRequest(BadRequest):
+    """A head no HTTP/1.1 server may accept: answered 400, and the connection closes (what
+    follows on it cannot be framed)."""
+
+    code = "malformed_request"
+    closes = True
+
+
+class VersionNotSupported(MalformedRequest):
+    status, code = 505, "http_version_not_supported"
+
+
+class HeadTooLarge(MalformedRequest):
+    status, code = 431, "request_header_fields_too_large"
+
+
+@dataclass(slots=True)
+class RequestHead:
+    method: str
+    target: str  # as sent: path and query
+    path: str
+    version: str  # "1.1" or "1.0"
+    headers: list[tuple[str, str]]  # as sent (latin-1), in order
+    keep_alive: bool
+    content_length: int | None  # None: chunked, or no body
+    chunked: bool
+    expect_continue: bool
+
+
+@dataclass(slots=True)
+class Body:
+    data: bytes
+
+
+class End:
+    """The request's last byte was read."""
+
+
+END = End()
+Event = Union[RequestHead, Body, End]
+
+
+class RequestReader:
+    """llhttp over one connection's request bytes; ``events`` holds what it found, in order."""
+
+    __slots__ = ("_parser", "_url", "_headers", "_size", "_max_head", "_max_headers", "_in_message",
+                 "_head_done", "_line_checked", "events", "raw", "raw_known", "_begun_in_feed")
+
+    def __init__(self, max_head_bytes: int, max_headers: int) -> None:
+        self._parser = httptools.HttpRequestParser(self)
+        self._max_head, self._max_headers = max_head_bytes, max_headers
+        self._url = b""
+        self._headers: list[tuple[str, str]] = []
+        self._size = 0
+        self._in_message = False  # between a request's first byte and its last
+        self._head_done = False
+        self._line_checked = False
+        self.events: deque[Event] = deque()
+        self.raw = bytearray()  # the current request's bytes as sent, while raw_known
+        self.raw_known = False  # the current request began at the start of a feed
+        self._begun_in_feed = False
+
+    @property
+    def idle(self) -> bool:
+        """No request in progress and none waiting in ``events``: the next byte starts one."""
+        return not self._in_message and not self.events
+
+    def feed(self, data: bytes) -> None:
+        """Parse ``data``; raises MalformedRequest (the connection is then unusable)."""
+        at_boundary = self.idle
+        if at_boundary:
+            if data[:2] == b"\r\n":  # RFC 9112 2.2: one empty line before a request is ignored
+                if data[2:4] == b"\r\n":
+                    raise MalformedRequest("empty request line")
+            self.raw_known, self._begun_in_feed = True, False
+            self.raw.clear()
+        if self.raw_known:
+            self.raw += data
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserCallbackError as exc:
+            cause = exc.__context__
+            raise cause if isinstance(cause, MalformedRequest) else MalformedRequest(str(exc)) from None
+        except httptools.HttpParserUpgrade:
+            pass  # an Upgrade request's head is complete: its bytes go elsewhere (never served here)
+        except httptools.HttpParserError as exc:
+            raise MalformedRequest(f"malformed request: {exc}") from None
+        if self._in_message and not self._head_done and not self._line_checked and self.raw_known:
+            self._check_line()
+
+    def keep_raw(self, keep: bool) -> None:
+        """The caller serves the current request itself (False): its raw bytes are not needed."""
+        if not keep:
+            self.raw_known = False
+            self.raw.clear()
+
+    # -- llhttp's callbacks
+
+    def on_message_begin(self) -> None:
+        if self._begun_in_feed:  # a second request in one feed: its first byte's offset is unknown
+            self.raw_known = False
+            self.raw.clear()
+        self._begun_in_feed = True
+        self._in_message, self._head_done, self._line_checked = True, False, False
+        self._url, self._headers, self._size = b"", [], 0
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        self._grow(len(url))
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name.decode("latin-1"), value.decode("latin-1")))
+        self._grow(len(name) + len(value) + 4)
+        if len(self._headers) > self._max_headers:
+            raise HeadTooLarge(f"more than {self._max_headers} header fields")
+
+    def on_headers_complete(self) -> None:
+        parser = self._parser
+        version = parser.get_http_version()
+        if version not in ("1.1", "1.0"):
+            if version == "0.9":
+                raise MalformedRequest("no HTTP version in the request line (HTTP/0.9 is not served)")
+            raise VersionNotSupported(f"HTTP/{version} is not served: use HTTP/1.1")
+        self._head_done = True
+        length: int | None = None
+        chunked = expect = False
+        for name, value in self._headers:
+            low = name.lower()
+            if low == "content-length":
+                length = int(value)  # llhttp checked: ASCII digits, one value, no Transfer-Encoding
+            elif low == "transfer-encoding":
+                chunked = True  # llhttp checked: the last coding is chunked
+            elif low == "expect":
+                expect = value.strip().lower() == "100-continue"
+        target = self._url.decode("latin-1")
+        self.events.append(RequestHead(parser.get_method().decode("latin-1"), target, target.partition("?")[0],
+                                       version, self._headers, parser.should_keep_alive(), length, chunked,
+                                       expect))
+
+    def on_body(self, body: bytes) -> None:
+        self.events.append(Body(body))
+
+    def on_message_complete(self) -> None:
+        self._in_message = False
+        self.events.append(END)
+
+    def _grow(self, n: int) -> None:
+        self._size += n
+        if self._size > self._max_head:
+            raise HeadTooLarge(f"request head over {self._max_head} bytes")
+
+    def _check_line(self) -> None:
+        """A head still arriving: its request line is checked as soon as it is complete, so an
+        HTTP/0.9 line (which llhttp would wait on) gets its 400 now, not when a deadline ends."""
+        raw = self.raw
+        start = 2 if raw[:2] == b"\r\n" else 0
+        end = raw.find(b"\r\n", start)
+        if end < 0:
+            return
+        self._line_checked = True
+        line = bytes(raw[start:end])
+        if line.translate(None, _VISIBLE) == b" ":
+            raise MalformedRequest("no HTTP version in the request line (HTTP/0.9 is not served)")
