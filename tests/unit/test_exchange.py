@@ -50,7 +50,9 @@ def machine(native: bool = True, **limits: Any) -> tuple[ExchangeMachine, FakeEf
 
 
 def attempt(last_try: bool = False, idle: float | None = 30.0, tail: UsageTail | None = None) -> Attempt:
-    return Attempt(b"UPSTREAM REQUEST", last_try, frozenset({502, 503, 504}), "rid", idle, tail=tail)
+    def accept(status: int) -> bool:
+        return last_try or status not in (502, 503, 504)
+    return Attempt(b"UPSTREAM REQUEST", accept, "rid", idle, tail=tail)
 
 
 def served(m: ExchangeMachine, fx: FakeEffects, data: bytes = POST) -> RequestHead:
@@ -220,7 +222,7 @@ def test_an_answer_is_relayed_with_our_head_and_the_connection_goes_back_to_the_
     written = fx.written()
     assert written.startswith(b"HTTP/1.1 200 OK\r\n") and b"X-Request-Id: rid\r\n" in written
     assert b"Content-Length: 7\r\n" in written and written.endswith(b'\r\n\r\n{"a":1}')
-    assert outcomes(fx) == [Outcome.ANSWERED, Outcome.DONE] and fx.of("release_upstream") == [("release_upstream", True)]
+    assert outcomes(fx) == [Outcome.ANSWERED, Outcome.DONE] and fx.of("release_upstream") == [("release_upstream", True, None)]
     report = fx.of("attempt_over")[-1][2]
     assert (report.status, report.first_byte, report.reusable) == (200, 1.2, True)
     m.request_done()
@@ -262,7 +264,7 @@ def test_a_retryable_status_before_the_last_try_ends_the_attempt_unseen():
     m.begin_attempt(attempt(), 0.0)
     m.upstream_data(UNAVAILABLE, 0.0)
     assert outcomes(fx) == [Outcome.RETRY] and fx.of("attempt_over")[0][2].kind == "http_503"
-    assert not fx.of("write") and fx.of("release_upstream") == [("release_upstream", False)]
+    assert not fx.of("write") and fx.of("release_upstream") == [("release_upstream", False, None)]
     assert m.state is State.ROUTING
     m.begin_attempt(attempt(), 0.0)  # the routing layer tries the next backend
     m.upstream_data(OK, 0.0)
@@ -306,7 +308,7 @@ def test_a_close_delimited_answer_ends_with_the_close():
     m.upstream_data(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nabc", 0.0)
     m.upstream_closed()
     assert outcomes(fx) == [Outcome.ANSWERED, Outcome.DONE] and b"Connection: close" in fx.written()
-    assert fx.of("release_upstream") == [("release_upstream", False)]
+    assert fx.of("release_upstream") == [("release_upstream", False, None)]
 
 
 @pytest.mark.parametrize("answer", [
@@ -336,7 +338,7 @@ def test_bytes_past_a_content_length_end_are_cut_and_the_connection_not_reused()
     served(m, fx)
     m.begin_attempt(attempt(), 0.0)
     m.upstream_data(OK + b"HTTP/1.1 200 OK\r\n\r\n", 0.0)
-    assert fx.written().endswith(b'{"a":1}') and fx.of("release_upstream") == [("release_upstream", False)]
+    assert fx.written().endswith(b'{"a":1}') and fx.of("release_upstream") == [("release_upstream", False, None)]
 
 
 def test_bytes_past_a_chunked_end_in_the_same_read_break_the_answer():
@@ -425,7 +427,7 @@ def test_a_client_gone_at_any_state_gives_everything_back(where):
     assert m.state is State.CLOSED
     assert {entry[1] for entry in fx.of("cancel_timer")} == set(Timer)
     if where in ("sent", "relaying"):
-        assert fx.of("release_upstream") == [("release_upstream", False)]
+        assert fx.of("release_upstream") == [("release_upstream", False, None)]
         assert outcomes(fx) == [Outcome.CLIENT_GONE]
     else:
         assert not fx.of("release_upstream") and not fx.of("attempt_over")
@@ -450,7 +452,7 @@ def test_a_routing_failure_during_an_attempt_gives_the_backend_connection_back()
     served(m, fx)
     m.begin_attempt(attempt(), 0.0)
     m.fail(BalancerError("internal"), "rid")
-    assert fx.of("release_upstream") == [("release_upstream", False)] and outcomes(fx) == [Outcome.FAILED]
+    assert fx.of("release_upstream") == [("release_upstream", False, None)] and outcomes(fx) == [Outcome.FAILED]
     assert fx.written().startswith(b"HTTP/1.1 500 ")
 
 

@@ -73,7 +73,7 @@ class Limits:
     max_body_bytes: int
     header_timeout_s: float
     idle_timeout_s: float
-    max_head_bytes: int = 16384
+    max_field_bytes: int = 8190  # a request line's target or one header field
     max_headers: int = 128
     read_ahead: int = 1 << 20  # bytes buffered past the request being served before reading pauses
 
@@ -83,8 +83,7 @@ class Attempt:
     """One try on one backend, as the routing layer starts it."""
 
     request: bytes  # the request to send, framed
-    last_try: bool  # no other backend will be tried: a retryable status is relayed as it is
-    retry_statuses: frozenset[int]
+    accept: Callable[[int], bool]  # the routing layer's word on an answer's status: False, retry elsewhere
     request_id: str
     idle_timeout_s: float | None
     extra_lines: tuple[str, ...] = ()  # header lines of ours for the client's head (CORS)
@@ -103,6 +102,7 @@ class AttemptReport:
     kind: str = ""  # RETRY: "http_<status>"; FAILED/BROKEN: the UpstreamError's kind
     got_bytes: bool = False  # the backend sent anything (a reused connection that sent nothing was stale)
     reusable: bool = False
+    keepalive_s: float | None = None  # the backend's Keep-Alive timeout
 
 
 class Effects(Protocol):
@@ -120,7 +120,7 @@ class Effects(Protocol):
     def send_upstream(self, data: bytes) -> None: ...
     def pause_upstream(self) -> None: ...
     def resume_upstream(self) -> None: ...
-    def release_upstream(self, reuse: bool) -> None: ...
+    def release_upstream(self, reuse: bool, keepalive_s: float | None) -> None: ...
     def attempt_over(self, outcome: Outcome, report: AttemptReport) -> None: ...
 
 
@@ -143,7 +143,7 @@ class ExchangeMachine:
         self._new_request_id = request_id  # for answers refused before a request had one
         self.limits = limits()
         self.state = State.IDLE
-        self._reader = RequestReader(self.limits.max_head_bytes, self.limits.max_headers)
+        self._reader = RequestReader(self.limits.max_field_bytes, self.limits.max_headers)
         self._request: _Request | None = None
         self._pending: list[bytes] = []  # client bytes read while a request is served
         self._pending_size = 0
@@ -151,6 +151,7 @@ class ExchangeMachine:
         self._writing_paused = False
         self._keep_alive = True  # the current request's connection stays open after its answer
         self._client_eof = False
+        self._closing = False  # the balancer stops: no keep-alive after the current answer
         self._head_sent = False  # some answer's head went to the client for the current request
         self._attempt: Attempt | None = None
         self._answer: AnswerReader | None = None
@@ -201,6 +202,12 @@ class ExchangeMachine:
             else:
                 self.fx.pause_upstream()
 
+    def stop_keep_alive(self) -> None:
+        """The balancer stops: an idle connection closes now, a busy one after its answer."""
+        self._closing = True
+        if self.state is State.IDLE:
+            self._close(abort=False)
+
     def timer_fired(self, timer: Timer, now: float) -> None:
         state = self.state
         if timer is Timer.IDLE and state is State.IDLE:
@@ -216,7 +223,8 @@ class ExchangeMachine:
             if silent < attempt.idle_timeout_s:
                 self.fx.set_timer(Timer.UPSTREAM, attempt.idle_timeout_s - silent)
                 return
-            self._upstream_failed(UpstreamTimeout(f"no byte for {attempt.idle_timeout_s:g} s", kind="timeout"))
+            self._upstream_failed(UpstreamTimeout(f"timed out (no byte for {attempt.idle_timeout_s:g} s)",
+                                                   kind="timeout"))
 
     # -- the routing layer's side
 
@@ -235,7 +243,7 @@ class ExchangeMachine:
             self.fx.pause_upstream()
         self.fx.send_upstream(attempt.request)
 
-    def fail(self, error: BalancerError, request_id: str) -> None:
+    def fail(self, error: BalancerError, request_id: str, extra: Iterable[str] = ()) -> None:
         """The routing layer gave up before an answer (or the answer broke): say so."""
         state = self.state
         if state in (State.CLOSED, State.HANDED_OFF):
@@ -245,9 +253,9 @@ class ExchangeMachine:
         if self._head_sent:  # an answer began: cutting the connection is the only honest end
             self._close(abort=True)
             return
-        close = error.closes or not self._keep_alive
+        close = error.closes or not self._keep_alive or self._closing
         self._head_sent = True
-        self.fx.write(error_bytes(error, request_id, close=close, extra=self._extra_lines()))
+        self.fx.write(error_bytes(error, request_id, close=close, extra=extra))
         self._keep_alive = not close
         self.state = State.ANSWERED
 
@@ -260,7 +268,7 @@ class ExchangeMachine:
             return
         self._request = None
         self._head_sent = False
-        if not self._keep_alive or self._client_eof:
+        if not self._keep_alive or self._client_eof or self._closing:
             self._close(abort=False)
             return
         self.state = State.IDLE
@@ -415,20 +423,16 @@ class ExchangeMachine:
             self._end_attempt(Outcome.BROKEN, reuse=False)
         self.fx.close(abort)
 
-    def _extra_lines(self) -> Iterable[str]:
-        attempt = self._attempt
-        return attempt.extra_lines if attempt is not None else ()
-
     # -- internals: the attempt
 
     def _accept(self, head: AnswerHead) -> bool:
-        """Whether the answer goes to the client; a retryable status before the last try ends
-        the attempt instead (another backend may serve the request)."""
+        """Whether the answer goes to the client; a status the routing layer retries elsewhere
+        ends the attempt instead, before any byte of it reached the client."""
         attempt = self._attempt
         assert attempt is not None
         report = self._report
-        report.status, report.streamed = head.status, head.event_stream
-        if attempt.last_try or head.status not in attempt.retry_statuses:
+        report.status, report.streamed, report.keepalive_s = head.status, head.event_stream, head.keepalive_s
+        if attempt.accept(head.status):
             return True
         report.kind = f"http_{head.status}"
         self.state = State.ROUTING
@@ -445,7 +449,7 @@ class ExchangeMachine:
             relayed = [line for line in relayed if not attempt.drop_header(line.partition(":")[0])]
             head.relayed = relayed
         dechunked = request.head.version == "1.0" and head.chunked
-        keep = self._keep_alive and not dechunked
+        keep = self._keep_alive and not dechunked and not self._closing
         client, self._keep_alive = client_head(head, attempt.request_id, keep, attempt.extra_lines, dechunked)
         self._head_sent = True
         self.fx.attempt_over(Outcome.ANSWERED, self._report)
@@ -479,5 +483,5 @@ class ExchangeMachine:
         self.fx.cancel_timer(Timer.UPSTREAM)
         if self._writing_paused:
             self.fx.resume_upstream()  # a slow client's push-back must not follow the connection
-        self.fx.release_upstream(reuse)
+        self.fx.release_upstream(reuse, self._report.keepalive_s)
         self.fx.attempt_over(outcome, self._report)

@@ -3,8 +3,8 @@
 One ``RequestReader`` per client connection. What it is fed, llhttp parses in full: heads,
 Content-Length and chunked bodies (de-chunked), pipelined requests, leading CRLFs. What
 llhttp refuses, and what we refuse besides (HTTP/0.9 and 2.0 request lines, an empty line,
-a head over ``max_head_bytes`` or ``max_headers``), raises ``MalformedRequest``: 400 (505,
-431) and a close. The caller feeds a connection's bytes only while it can serve what they
+a field over ``max_field_bytes``, a head over ``HEAD_BYTES``, more than ``max_headers``
+fields), raises ``MalformedRequest``: 400 (505, 431) and a close. The caller feeds a connection's bytes only while it can serve what they
 hold, so a request's first byte is usually the first byte of a feed; then ``raw`` keeps the
 request's bytes as they came, for a connection handed to another server (aiohttp) whole.
 """
@@ -19,6 +19,7 @@ import httptools
 from ..core.errors import BadRequest
 
 _VISIBLE = bytes(range(0x21, 0x7F))  # all a request line holds, besides its two spaces
+HEAD_BYTES = 65536  # a whole head's limit (each field's own is the caller's max_field_bytes)
 
 
 class MalformedRequest(BadRequest):
@@ -66,12 +67,13 @@ Event = Union[RequestHead, Body, End]
 class RequestReader:
     """llhttp over one connection's request bytes; ``events`` holds what it found, in order."""
 
-    __slots__ = ("_parser", "_url", "_headers", "_size", "_max_head", "_max_headers", "_in_message",
+    __slots__ = ("_parser", "_url", "_headers", "_size", "_max_field", "_max_head", "_max_headers", "_in_message",
                  "_head_done", "_line_checked", "events", "raw", "raw_known", "_begun_in_feed")
 
-    def __init__(self, max_head_bytes: int, max_headers: int) -> None:
+    def __init__(self, max_field_bytes: int, max_headers: int) -> None:
         self._parser = httptools.HttpRequestParser(self)
-        self._max_head, self._max_headers = max_head_bytes, max_headers
+        self._max_field, self._max_headers = max_field_bytes, max_headers
+        self._max_head = max(HEAD_BYTES, max_field_bytes)
         self._url = b""
         self._headers: list[tuple[str, str]] = []
         self._size = 0
@@ -130,8 +132,12 @@ class RequestReader:
     def on_url(self, url: bytes) -> None:
         self._url += url
         self._grow(len(url))
+        if len(self._url) > self._max_field:
+            raise HeadTooLarge(f"request target over {self._max_field} bytes")
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if len(name) + len(value) > self._max_field:
+            raise HeadTooLarge(f"a header field over {self._max_field} bytes")
         self._headers.append((name.decode("latin-1"), value.decode("latin-1")))
         self._grow(len(name) + len(value) + 4)
         if len(self._headers) > self._max_headers:
