@@ -5,9 +5,12 @@ bottleneck (the sim is a faithful llama-server, and far too heavy for this):
 
 - ``POST /v1/chat/completions``: a canned chat completion (Content-Length), or with
   ``"stream": true`` an SSE stream, one HTTP chunk per event like llama-server: ``max_tokens``
-  delta events (default 32), the first at once and the rest ``bench_delay_ms`` apart
-  (default 5), then ``data: [DONE]``.
-- ``GET /llmhealth`` (idle) and ``GET /v1/models`` for the balancer's pollers.
+  (or ``max_completion_tokens``) delta events (default 32), the first at once and the rest
+  ``metadata.bench_delay_ms`` (or a top-level ``bench_delay_ms``) apart (default 5), then
+  ``data: [DONE]``. The bench sends the delay inside ``metadata`` because sglang-router
+  rewrites the body: it drops fields it does not know and renames ``max_tokens``.
+- ``GET /llmhealth`` (idle) and ``GET /v1/models`` for the balancer's pollers; ``GET /health``
+  (``{"status":"ok"}``, like llama-server) for sglang-router's.
 
 Usage: ``python bench/backend.py --port P [--port P2 ...]``; prints ``ready`` once listening.
 """
@@ -29,6 +32,7 @@ _COMPLETION = orjson.dumps({
     "usage": {"prompt_tokens": 12, "completion_tokens": 9, "total_tokens": 21},
 })
 _HEALTH = b'{"status":"idle","gpu_util_max5s":0.0,"window_seconds":5}'
+_HEALTH_OK = b'{"status":"ok"}'
 _MODELS = orjson.dumps({"object": "list", "data": [{"id": MODEL, "object": "model", "owned_by": "bench"}]})
 
 
@@ -53,6 +57,7 @@ def _reply(status: bytes, body: bytes, ctype: bytes = b"application/json") -> by
 
 _REPLY_COMPLETION = _reply(b"200 OK", _COMPLETION)
 _REPLY_HEALTH = _reply(b"200 OK", _HEALTH)
+_REPLY_HEALTH_OK = _reply(b"200 OK", _HEALTH_OK)
 _REPLY_MODELS = _reply(b"200 OK", _MODELS)
 _REPLY_404 = _reply(b"404 Not Found", b'{"error":{"message":"not found","type":"not_found_error","code":404}}')
 
@@ -110,14 +115,17 @@ class BenchHTTP(asyncio.Protocol):
             except orjson.JSONDecodeError:
                 payload = {}
             if payload.get("stream"):
-                self._start_stream(int(payload.get("max_tokens") or 32),
-                                   float(payload.get("bench_delay_ms", 5)) / 1000.0)
+                delay = (payload.get("metadata") or {}).get("bench_delay_ms", payload.get("bench_delay_ms", 5))
+                self._start_stream(int(payload.get("max_tokens") or payload.get("max_completion_tokens") or 32),
+                                   float(delay) / 1000.0)
             else:
                 transport.write(_REPLY_COMPLETION)
         elif path == b"/llmhealth":
             transport.write(_REPLY_HEALTH)
         elif path == b"/v1/models":
             transport.write(_REPLY_MODELS)
+        elif path == b"/health":
+            transport.write(_REPLY_HEALTH_OK)
         else:
             transport.write(_REPLY_404)
 

@@ -1,8 +1,9 @@
-"""The benchmark: direct vs nginx vs llama-balancer, interleaved, on pinned cores.
+"""The benchmark: direct vs nginx vs sglang-router vs llama-balancer, interleaved, on pinned cores.
 
-Run it through ``bench/run`` (which installs nginx/wrk when missing); ``--help`` lists the
-flags. Every measurement starts its proxy fresh (so peak RSS and CPU seconds belong to that
-measurement only), pinned to core 0; the backend (bench/backend.py) and the load generators
+Run it through ``bench/run`` (which installs nginx, wrk and sglang-router when missing);
+``--help`` lists the flags; how each target is started is in bench/targets.py. Every
+measurement starts its proxy fresh (so peak RSS and CPU seconds belong to that measurement
+only), pinned to core 0; the backend (bench/backend.py) and the load generators
 (wrk, bench/streamgen.py) run on core 1. Results go to bench/results/*.json, a markdown
 summary to stdout and, for full runs, into docs/performance.md between its markers.
 """
@@ -21,10 +22,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from procs import (Procs, children, cpu_seconds, free_port, http, peak_rss_mib, pin, raise_nofile,
-                   wait_port)
+from procs import Procs, cpu_seconds, free_port, peak_rss_mib, pin, raise_nofile, wait_port
 from report import (REFERENCE_SCENARIOS, REFERENCES, TARGETS, machine_facts, markdown, summarize, update_doc,
                     verdicts)
+from targets import check_target, nginx_binary, sglang_router_installed, start_target
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
@@ -43,134 +44,6 @@ SMOKE: dict[str, dict[str, Any]] = {
     "S3": {"kind": "once", "concurrency": 20, "chunks": 4, "delay_ms": 50.0, "ramp": 0.1, "procs": 1},
     "S4": {"kind": "once", "concurrency": 40, "chunks": 4, "delay_ms": 50.0, "ramp": 0.1, "procs": 2},
 }
-
-
-# ----------------------------------------------------------------------------- targets
-
-NGINX_CONF = """
-worker_processes 1;
-daemon off;
-master_process on;
-pid {dir}/nginx.pid;
-error_log {dir}/error.log warn;
-worker_rlimit_nofile {nofile};
-events {{ worker_connections {conns}; use epoll; }}
-http {{
-  access_log {access_log};
-  client_body_temp_path {dir}/body;
-  proxy_temp_path {dir}/proxy;
-  fastcgi_temp_path {dir}/fastcgi;
-  uwsgi_temp_path {dir}/uwsgi;
-  scgi_temp_path {dir}/scgi;
-  keepalive_requests 1000000;
-  keepalive_timeout 75s;
-  upstream backend {{
-    server 127.0.0.1:{backend};
-    keepalive 1024;
-    keepalive_requests 1000000;
-    keepalive_timeout 60s;
-  }}
-  server {{
-    listen 127.0.0.1:{port} backlog=4096;
-    location / {{
-      proxy_pass http://backend;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_buffering off;
-      proxy_read_timeout 300s;
-    }}
-  }}
-}}
-"""
-
-
-def nginx_binary() -> str:
-    found = shutil.which("nginx") or ("/usr/sbin/nginx" if os.access("/usr/sbin/nginx", os.X_OK) else None)
-    if not found:
-        raise SystemExit("bench: nginx is not installed (bench/run installs it: apt-get install nginx)")
-    return found
-
-
-def nginx_connections(nofile: int) -> int:
-    """nginx starts closing idle (and not-yet-requesting) connections once fewer than 1/16 of
-    worker_connections are free; sized so that only the descriptor limit itself can bind."""
-    return max(1024, nofile * 17 // 16 + 64)
-
-
-class Target:
-    """A running target for one measurement: port and the pid that does the proxying."""
-
-    def __init__(self, name: str, port: int, pid: int | None, proc: subprocess.Popen | None,
-                 log: Path | None = None) -> None:
-        self.name, self.port, self.pid, self.proc, self.log = name, port, pid, proc, log
-
-    def log_tail(self) -> list[str]:
-        """Distinct warning/error lines the proxy logged (timestamps stripped), at most 5."""
-        if self.log is None or not self.log.exists():
-            return []
-        seen: dict[str, None] = {}
-        for line in self.log.read_text(errors="replace").splitlines():
-            if any(w in line for w in ("[warn]", "[error]", "[crit]", "[alert]", "[emerg]", "WARNING", "ERROR")):
-                seen.setdefault(line.split(" ", 2)[-1][:300], None)
-        return list(seen)[:5]
-
-
-def start_target(name: str, procs: Procs, backend_port: int, workdir: Path, nofile: int,
-                 access_log: bool = False) -> Target:
-    if name == "direct":
-        return Target(name, backend_port, None, None)
-    port = free_port()
-    logpath = workdir / f"{name}-{time.monotonic_ns()}.log"
-    log = open(logpath, "ab")
-    if name in REFERENCES:
-        script = BENCH / "reference" / (name.replace("-", "_") + ".py")
-        proc = procs.start([*pin(0), PY, str(script), str(port), str(backend_port)], stdout=log, stderr=log)
-        wait_port(port, proc)
-        return Target(name, port, proc.pid, proc, logpath)
-    if name == "nginx":
-        ndir = Path(tempfile.mkdtemp(prefix="nginx-", dir=workdir))
-        conf = ndir / "nginx.conf"
-        conf.write_text(NGINX_CONF.format(dir=ndir, nofile=nofile, conns=nginx_connections(nofile),
-                                          backend=backend_port, port=port,
-                                          access_log=f"{ndir}/access.log" if access_log else "off"))
-        proc = procs.start([*pin(0), nginx_binary(), "-p", str(ndir), "-c", str(conf), "-e", str(ndir / "error.log")],
-                           stdout=log, stderr=log)
-        wait_port(port, proc)
-        deadline = time.monotonic() + 10
-        while not children(proc.pid) and time.monotonic() < deadline:
-            time.sleep(0.02)
-        workers = children(proc.pid)
-        if not workers:
-            raise RuntimeError("nginx started no worker")
-        return Target(name, port, workers[0], proc, ndir / "error.log")
-    config = {
-        "servers": {"bench": {"addr": "http://127.0.0.1", "health-port": backend_port, "model-port": backend_port}},
-        "models": {"bench-model": ["bench"]},
-        "fallback_server": "bench",
-        # Same as nginx: no access log unless --access-log (then both write one to a file).
-        "balancer": {"access_log": str(workdir / "balancer-access.log") if access_log else "off"},
-    }
-    cfg = workdir / "server-list.json"
-    cfg.write_text(json.dumps(config, indent=2))
-    # BENCH_BALANCER_EXE: another entry point to compare (an experiment, another build).
-    exe = os.environ.get("BENCH_BALANCER_EXE") or str(Path(PY).parent / "llama-balancer")
-    proc = procs.start([*pin(0), exe, "serve", "--config", str(cfg), "--host", "127.0.0.1",
-                        "--port", str(port), "--log-level", "WARNING"], stdout=log, stderr=log)
-    wait_port(port, proc)
-    return Target(name, port, proc.pid, proc, logpath)
-
-
-def check_target(target: Target) -> None:
-    """One plain and one streamed request must work before a measurement counts."""
-    body = json.dumps({"model": "bench-model", "messages": [{"role": "user", "content": "hi"}]}).encode()
-    status, data = http("POST", target.port, "/v1/chat/completions", body)
-    if status != 200 or b"chat.completion" not in data:
-        raise RuntimeError(f"{target.name}: warm-up request failed: {status} {data[:200]!r}")
-    body = json.dumps({"model": "bench-model", "stream": True, "max_tokens": 2, "bench_delay_ms": 1,
-                       "messages": [{"role": "user", "content": "hi"}]}).encode()
-    status, data = http("POST", target.port, "/v1/chat/completions", body)
-    if status != 200 or not data.rstrip().endswith(b"data: [DONE]"):
-        raise RuntimeError(f"{target.name}: warm-up stream failed: {status} {data[-200:]!r}")
 
 
 # ----------------------------------------------------------------------------- load
@@ -265,6 +138,9 @@ def measure(scenario: str, p: dict[str, Any], target_name: str, procs: Procs, ba
         if pid:
             result["proxy_cpu_s"] = cpu_seconds(pid) - cpu0
             result["proxy_peak_rss_mib"] = peak_rss_mib(pid)
+            done = result["requests"] if p["kind"] == "wrk" else result["streams"]
+            if done:
+                result["proxy_cpu_us_per_req"] = result["proxy_cpu_s"] / done * 1e6
         if target.proc is not None and target.proc.poll() is not None:
             result["errors"] += 1
             result.setdefault("error_kinds", {})["proxy_died"] = 1
@@ -294,7 +170,7 @@ def start_profiler(procs: Procs, pid: int, out: Path) -> subprocess.Popen:
 # ----------------------------------------------------------------------------- report
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="bench/run", description="direct vs nginx vs llama-balancer")
+    ap = argparse.ArgumentParser(prog="bench/run", description="direct vs nginx vs sglang-router vs llama-balancer")
     ap.add_argument("--scenarios", default="S1,S2,S3,S4")
     ap.add_argument("--targets", default=",".join(TARGETS + REFERENCES),
                     help=f"comma-separated (default: all); {', '.join(REFERENCES)} are reference points "
@@ -335,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"bench: unknown target {t!r} (known: {', '.join(TARGETS + REFERENCES)})")
     if "nginx" in targets:
         nginx_binary()
+    if "sglang-router" in targets:
+        sglang_router_installed()
     workdir = Path(tempfile.mkdtemp(prefix="llama-bench-"))
     procs = Procs()
     stamp = dt.datetime.now(dt.timezone.utc)
@@ -394,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def brief(r: dict[str, Any]) -> str:
     keys = ("rps", "ttft_p50_ms", "ttft_p99_ms", "streams_per_s", "streams", "errors", "proxy_cpu_s",
-            "proxy_peak_rss_mib", "backend_cpu_s")
+            "proxy_cpu_us_per_req", "proxy_peak_rss_mib", "backend_cpu_s")
     return " ".join(f"{k}={r[k]:.2f}" if isinstance(r.get(k), float) else f"{k}={r.get(k)}"
                     for k in keys if k in r) + (f" kinds={r['error_kinds']}" if r.get("error_kinds") else "") \
         + (f" log={r['proxy_log']}" if r.get("proxy_log") else "")

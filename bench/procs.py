@@ -70,6 +70,43 @@ def children(pid: int) -> list[int]:
         return []
 
 
+def descendants(pid: int) -> list[int]:
+    """Children, grandchildren, ... of ``pid``, nearest first."""
+    out, todo = [], children(pid)
+    while todo:
+        out.extend(todo)
+        todo = [c for p in todo for c in children(p)]
+    return out
+
+
+def listening_pid(port: int, pids: list[int]) -> int | None:
+    """Of ``pids``, the last that holds the socket listening on ``port`` (a forked worker rather
+    than the parent it inherited the socket from); None when none does."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                rows = f.read().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            cols = row.split()
+            if cols[3] == "0A" and int(cols[1].rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
+                inodes.add(f"socket:[{cols[9]}]")
+    for pid in reversed(pids):
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(f"/proc/{pid}/fd/{fd}") in inodes:
+                    return pid
+            except OSError:
+                continue
+    return None
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -9,14 +9,21 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from sglang_launch import sglang_router_version
+
 ROOT = Path(__file__).resolve().parent.parent
-TARGETS = ("direct", "nginx", "balancer")
+# direct (the limit), the two proxies the balancer is judged against (nginx; sglang-router, the
+# Rust LLM router), and the balancer.
+TARGETS = ("direct", "nginx", "sglang-router", "balancer")
 # Reference points (bench/reference/): what any design on aiohttp.web, and the least a
 # Python proxy on asyncio protocols, can do on the same core. Measured, never judged.
 REFERENCES = ("aiohttp-only", "raw-proxy")
 REFERENCE_SCENARIOS = {"aiohttp-only": ("S1",), "raw-proxy": ("S1", "S2", "S3", "S4")}
-# The targets: llama-balancer against nginx in the same run.
-S1_RPS_RATIO, S2_TTFT50_RATIO, S2_TTFT99_RATIO, S2_SPS_RATIO = 0.5, 1.2, 1.5, 0.9
+# The ratio rows under each scenario's table: (numerator, denominator).
+RATIOS = (("balancer", "nginx"), ("balancer", "sglang-router"), ("sglang-router", "nginx"),
+          ("aiohttp-only", "nginx"), ("raw-proxy", "nginx"))
+# The targets, in the same run: S1 req/s against sglang-router, the rest against nginx.
+S1_RPS_VS_SGLANG, S2_TTFT50_RATIO, S2_TTFT99_RATIO, S2_SPS_RATIO = 1.0, 1.2, 1.5, 0.9
 S3_RSS_MIB, S3_CPU_RATIO, S4_RSS_MIB = 100.0, 3.0, 400.0
 
 
@@ -28,7 +35,8 @@ def median_of(runs: list[dict[str, Any]], key: str) -> float | None:
 def summarize(runs: list[dict[str, Any]], scenarios: list[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     keys = ("rps", "lat_p50_ms", "lat_p99_ms", "ttft_p50_ms", "ttft_p99_ms", "total_p50_ms", "streams_per_s",
-            "streams", "proxy_cpu_s", "proxy_peak_rss_mib", "backend_cpu_s", "elapsed_s")
+            "requests", "streams", "proxy_cpu_s", "proxy_cpu_us_per_req", "proxy_peak_rss_mib", "backend_cpu_s",
+            "elapsed_s")
     for s in scenarios:
         out[s] = {}
         for t in TARGETS + REFERENCES:
@@ -59,8 +67,9 @@ def verdicts(summary: dict[str, Any]) -> list[dict[str, Any]]:
         return summary.get(s, {}).get(t, {}).get(k)
 
     if "S1" in summary:
-        r = _ratio(get("S1", "balancer", "rps"), get("S1", "nginx", "rps"))
-        add("S1 req/s vs nginx", f">= {S1_RPS_RATIO}x", r, None if r is None else r >= S1_RPS_RATIO, "{:.2f}x")
+        r = _ratio(get("S1", "balancer", "rps"), get("S1", "sglang-router", "rps"))
+        add("S1 req/s vs sglang-router", f">= {S1_RPS_VS_SGLANG}x", r,
+            None if r is None else r >= S1_RPS_VS_SGLANG, "{:.2f}x")
     if "S2" in summary:
         for key, lim, label in (("ttft_p50_ms", S2_TTFT50_RATIO, "S2 TTFT p50 vs nginx"),
                                 ("ttft_p99_ms", S2_TTFT99_RATIO, "S2 TTFT p99 vs nginx")):
@@ -97,6 +106,7 @@ def markdown(meta: dict[str, Any], summary: dict[str, Any], checks: list[dict[st
     }
     cols["S4"] = cols["S3"]
     common = [("errors", "errors", "{:.0f}"), ("proxy CPU s", "proxy_cpu_s", "{:.2f}"),
+              ("CPU µs/req", "proxy_cpu_us_per_req", "{:.1f}"),
               ("proxy peak RSS MiB", "peak_rss_max_mib", "{:.1f}"), ("backend CPU s", "backend_cpu_s", "{:.2f}")]
     for s, rows in summary.items():
         p = meta["scenarios"][s]
@@ -113,13 +123,13 @@ def markdown(meta: dict[str, Any], summary: dict[str, Any], checks: list[dict[st
                     v = v / 1000
                 cells.append(_f(v, fmt))
             lines.append(f"| {t} | " + " | ".join(cells) + " |")
-        ngx = rows.get("nginx")
-        ratio_keys = [c for c in cols[s] if c[1] not in ("streams",)] + [("proxy CPU s", "proxy_cpu_s", "")]
-        for name in ("balancer",) + REFERENCES:
-            row = rows.get(name)
-            if row and ngx:
-                parts = [f"{label} {_f(_ratio(row.get(k), ngx.get(k)), '{:.2f}')}x" for label, k, _ in ratio_keys]
-                lines.append(f"| {name} / nginx | " + "; ".join(parts) + " |" + " |" * (len(spec) - 1))
+        ratio_keys = [c for c in cols[s] if c[1] not in ("streams",)] + [
+            ("proxy CPU s", "proxy_cpu_s", ""), ("CPU µs/req", "proxy_cpu_us_per_req", "")]
+        for name, over in RATIOS:
+            row, base = rows.get(name), rows.get(over)
+            if row and base:
+                parts = [f"{label} {_f(_ratio(row.get(k), base.get(k)), '{:.2f}')}x" for label, k, _ in ratio_keys]
+                lines.append(f"| {name} / {over} | " + "; ".join(parts) + " |" + " |" * (len(spec) - 1))
         lines.append("")
     lines.append("| target | need | measured | holds |")
     lines.append("|---|---|---|---|")
@@ -163,11 +173,13 @@ def machine_facts() -> dict[str, Any]:
         "kernel": platform.release(), "python": platform.python_version(), "aiohttp": aiohttp.__version__,
         "uvloop": uv, "nginx": sh([nginx, "-v"]).replace("nginx version: ", ""),
         "wrk": sh(["wrk", "-v"]).splitlines()[0] if shutil.which("wrk") else None,
+        "sglang_router": sglang_router_version(),
         "commit": sh(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"]),
         "dirty": bool(sh(["git", "-C", str(ROOT), "status", "--porcelain", "--", "src"]).strip()),
     }
     facts["summary"] = (f"{facts['nproc']} x {model}, Linux {facts['kernel']}, Python {facts['python']}, "
-                        f"aiohttp {facts['aiohttp']}, uvloop {uv}, nginx {facts['nginx']}, commit {facts['commit']}"
+                        f"aiohttp {facts['aiohttp']}, uvloop {uv}, nginx {facts['nginx']}, "
+                        f"sglang-router {facts['sglang_router'] or 'not installed'}, commit {facts['commit']}"
                         + (" (+ uncommitted src changes)" if facts["dirty"] else ""))
     return facts
 

@@ -24,8 +24,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from harness import BENCH, FULL, PY, SMOKE, Target, check_target, run_streams, run_wrk
+from harness import BENCH, FULL, PY, SMOKE, run_streams, run_wrk
 from procs import Procs, cpu_seconds, free_port, pin, wait_port
+from targets import Target, check_target
 
 SCENARIOS = {"S1c1": {**FULL["S1"], "conns": 1}, "S1": FULL["S1"], "S2": FULL["S2"]}
 SMOKE_SCENARIOS = {"S1c1": {**SMOKE["S1"], "conns": 1}, "S1": SMOKE["S1"], "S2": SMOKE["S2"]}

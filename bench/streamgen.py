@@ -165,7 +165,8 @@ class StreamClient(asyncio.Protocol):
 
 def build_request(port: int, chunks: int, delay_ms: float) -> bytes:
     body = orjson.dumps({
-        "model": "bench-model", "stream": True, "max_tokens": chunks, "bench_delay_ms": delay_ms,
+        "model": "bench-model", "stream": True, "max_tokens": chunks,
+        "metadata": {"bench_delay_ms": f"{delay_ms:g}"},  # OpenAI's metadata: string values
         "messages": [{"role": "system", "content": "You are a helpful assistant."},
                      {"role": "user", "content": "Say hello to the benchmark."}],
     })

@@ -28,10 +28,11 @@ from typing import Any
 
 import aiohttp
 
+from ..sglang_launch import sglang_router_available
 from . import real_report as report
 from .real_client import run_conversations
 from .real_diag import CpuWatch, SlotSampler, SnapshotSampler, attribute, idle_while_queued
-from .real_servers import Front, LlamaServers, llama_server_binary, model_file, sglang_router_available
+from .real_servers import Front, LlamaServers, llama_server_binary, model_file
 from .real_workload import FULL, SMOKE, Scripts, ServerSpec, Workload, render_chatml, vocabulary
 from .report import read_access_log
 from .run import _machine, _overrides

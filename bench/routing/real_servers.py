@@ -21,6 +21,7 @@ from typing import Any
 
 import aiohttp
 
+from ..sglang_launch import SGLANG_ROUTER_ENV, sglang_router_argv
 from .real_workload import MODEL, ServerSpec
 from .stack import ROOT, wait_ready
 
@@ -37,14 +38,6 @@ def llama_server_binary() -> Path | None:
     except ImportError:
         return None
     return binary()
-
-
-def sglang_router_available() -> bool:
-    try:
-        import sglang_router  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def model_file(spec: ServerSpec) -> Path:
@@ -244,13 +237,9 @@ class Front:
     async def _start_sglang(self) -> None:
         port, self.prometheus_port = free_port(), free_port()
         urls = [self.servers.url(name) for name in self.servers.ports]  # B1 first, like the balancer's list
-        argv = [sys.executable, "-m", "sglang_router.launch_router", "--host", "127.0.0.1", "--port", str(port),
-                "--policy", "cache_aware", "--log-level", "warn", "--shutdown-grace-period-secs", "2",
-                "--prometheus-host", "127.0.0.1", "--prometheus-port", str(self.prometheus_port),
-                "--worker-urls", *urls]
-        self.config = {"argv": argv[1:], "env": {"TOKIO_WORKER_THREADS": "1"}}
-        self.proc = Proc("sglang-router", argv, self.workdir / "sglang-router.log",
-                         env={"TOKIO_WORKER_THREADS": "1"})
+        argv = sglang_router_argv(port, self.prometheus_port, urls)
+        self.config = {"argv": argv[1:], "env": SGLANG_ROUTER_ENV}
+        self.proc = Proc("sglang-router", argv, self.workdir / "sglang-router.log", env=SGLANG_ROUTER_ENV)
         await self.proc.start()
         self.url = f"http://127.0.0.1:{port}"
         await _wait_http(self.url + "/workers", self.proc, ok=lambda body: len(

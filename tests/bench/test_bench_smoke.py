@@ -1,10 +1,14 @@
 """The benchmark harness works: a seconds-long ``--smoke`` run of every scenario against all
-three targets (direct, nginx, llama-balancer) and the reference points (bench/reference/).
-It checks that results were produced, with no error and a ``[DONE]`` on every stream --
-never how fast anything was.
+four targets (direct, nginx, sglang-router, llama-balancer) and the reference points
+(bench/reference/). It checks that results were produced, with no error and a ``[DONE]`` on
+every stream -- never how fast anything was.
+
+nginx and wrk are Debian packages (skipped without them, failed in CI); sglang-router is a
+wheel of the ``test`` extra, so a venv without it fails here rather than skipping it.
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -16,7 +20,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 SCENARIOS = ("S1", "S2", "S3", "S4")
-TARGETS = ("direct", "nginx", "balancer")
+TARGETS = ("direct", "nginx", "sglang-router", "balancer")
 REFERENCES = {"aiohttp-only": ("S1",), "raw-proxy": SCENARIOS}
 
 
@@ -31,6 +35,9 @@ def _missing_tools() -> list[str]:
 
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    if importlib.util.find_spec("sglang_router") is None:
+        pytest.fail(f"bench smoke needs sglang-router in {sys.executable}: it is in the test extra "
+                    "(pip install -e '.[test]', or pip install sglang-router)")
     missing = _missing_tools()
     if missing:
         message = f"bench smoke needs {' and '.join(missing)} (apt-get install {' '.join(missing)})"
@@ -41,10 +48,12 @@ def smoke(tmp_path_factory: pytest.TempPathFactory) -> dict:
     proc = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "harness.py"), "--smoke", "--no-doc", "--out", str(out),
          "--targets", ",".join(TARGETS + tuple(REFERENCES))],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        cwd=ROOT, capture_output=True, text=True, timeout=180,
     )
     assert proc.returncode == 0, f"bench --smoke failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
-    return json.loads((out / "latest-smoke.json").read_text())
+    result = json.loads((out / "latest-smoke.json").read_text())
+    result["table"] = proc.stdout  # the markdown the harness prints
+    return result
 
 
 def test_smoke_measures_every_scenario_against_every_target(smoke: dict) -> None:
@@ -74,4 +83,12 @@ def test_smoke_reports_proxy_cpu_and_memory(smoke: dict) -> None:
     for run in smoke["runs"]:
         if run["target"] != "direct":
             assert run["proxy_peak_rss_mib"] > 0 and run["proxy_cpu_s"] >= 0, run
-    assert {c["target"] for c in smoke["checks"]} >= {"S1 req/s vs nginx", "S3 errors", "S4 errors"}
+            assert run["proxy_cpu_us_per_req"] >= 0, run
+    assert {c["target"] for c in smoke["checks"]} >= {"S1 req/s vs sglang-router", "S3 errors", "S4 errors"}
+
+
+def test_smoke_tables_show_cpu_per_request_and_the_sglang_router_ratios(smoke: dict) -> None:
+    table = smoke["table"]
+    assert table.count("CPU µs/req |") == len(SCENARIOS)
+    assert table.count("| sglang-router / nginx |") == len(SCENARIOS)
+    assert table.count("| balancer / sglang-router |") == len(SCENARIOS)

@@ -17,7 +17,8 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from bench.routing import real_report  # noqa: E402
-from bench.routing.real_servers import llama_server_binary, sglang_router_available  # noqa: E402
+from bench.routing.real_servers import llama_server_binary  # noqa: E402
+from bench.sglang_launch import sglang_router_available  # noqa: E402
 from bench.routing.real_workload import FULL, Scripts  # noqa: E402
 
 POLICIES = ["round-robin", "least-loaded", "classic", "cache-aware"] + (
