@@ -18,11 +18,8 @@ import orjson
 
 from llama_balancer.core.config import parse_config
 from llama_balancer.core.identity import user_from_messages
-from llama_balancer.http.body import model_of, parse_payload
-from llama_balancer.http.decide import obtain
-from llama_balancer.http.recording import finish_exchange
-from llama_balancer.http.routed import resolve
 from llama_balancer.io.gpu import NoGpuSampler
+from llama_balancer.routing.resolve import model_of, parse_payload, resolve
 from llama_balancer.runtime import Runtime
 from llama_balancer.state.exchange import Exchange
 
@@ -47,9 +44,9 @@ async def measure(requests: int) -> dict[str, float]:
         ex.user = user_from_messages(payload.get("messages"))
         ex.identity = ex.user or ex.ip
         t1 = clock()
-        resolved = resolve(ctx, ex.model, payload)
+        resolved = resolve(ctx.config, ex.model, payload)
         t2 = clock()
-        placed, lease = await obtain(ctx, ex, resolved, set())
+        placed, lease = await ctx.router.placer.obtain(ex, resolved, set())
         t3 = clock()
         ex.server, ex.instance, ex.reason = placed.server, placed.instance, placed.reason
         async with ctx.registry.slot(placed.server, placed.instance or "(none)", None, lease):
@@ -59,7 +56,7 @@ async def measure(requests: int) -> dict[str, float]:
         t4 = clock()
         ex.status, ex.first_byte = 200, time.monotonic()
         ex.tail.append(TAIL)
-        finish_exchange(ctx, ex, None)
+        ctx.recorder.finish(ex, None)
         t5 = clock()
         for name, spent in zip(parts, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4)):
             parts[name] += spent

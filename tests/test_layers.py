@@ -1,4 +1,7 @@
-"""Imports point down the layers of DESIGN.md: cli > runtime > http > io > state > core.
+"""Imports point down the layers of DESIGN.md: cli > runtime > http > routing > io > h1 > state > core.
+
+``routing`` (route resolution, decision, queueing, retries, recording) knows no HTTP stack:
+it imports neither ``http`` nor aiohttp; the data paths in ``http`` call it.
 
 ``sim`` stands apart: the product never imports it (only the cli, to run it), and it
 imports nothing of the product.
@@ -9,8 +12,10 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "llama_balancer"
-RANK = {"core": 0, "state": 1, "io": 2, "http": 3, "runtime": 4, "cli": 5}
+# h1: the HTTP/1.1 codec on llhttp and the exchange state machine (pure: no asyncio, no sockets).
+RANK = {"core": 0, "state": 1, "h1": 2, "io": 3, "routing": 4, "http": 5, "runtime": 6, "cli": 7}
 CORE_FORBIDDEN = {"asyncio", "socket", "time", "os", "aiohttp", "threading", "subprocess", "random"}
+ROUTING_FORBIDDEN = {"aiohttp", "socket", "time"}  # no HTTP stack, no sockets, only the injected clock
 
 
 def _layer_of(module_path: Path, root: Path = PACKAGE) -> str:
@@ -57,6 +62,9 @@ def layer_violations(root: Path) -> list[str]:
         if layer == "core":
             wrong += [f"{path.name}:{line} core imports {name}" for name, line in _imports(path, root)
                       if name.split(".")[0] in CORE_FORBIDDEN]
+        elif layer == "routing":
+            wrong += [f"{path.name}:{line} routing imports {name}" for name, line in _imports(path, root)
+                      if name.split(".")[0] in ROUTING_FORBIDDEN]
     return wrong
 
 
@@ -73,11 +81,15 @@ def test_the_checker_reports_upward_relative_and_forbidden_imports(tmp_path):
     (tmp_path / "core").mkdir()
     (tmp_path / "state").mkdir()
     (tmp_path / "sim").mkdir()
+    (tmp_path / "routing").mkdir()
     (tmp_path / "core" / "bad.py").write_text("import time\nfrom ..state import registry\n")
+    (tmp_path / "routing" / "web.py").write_text("import aiohttp\nfrom ..http import routed\nfrom ..io import oplog\n")
     (tmp_path / "state" / "ok.py").write_text("from ..core import health\n")
     (tmp_path / "sim" / "leak.py").write_text("from llama_balancer.core import config\n")
     found = layer_violations(tmp_path)
-    assert len(found) == 3
+    assert len(found) == 5
     assert any("core imports time" in line for line in found)
     assert any("core imports llama_balancer.state" in line for line in found)
     assert any("sim imports llama_balancer.core" in line for line in found)
+    assert any("routing imports aiohttp" in line for line in found)
+    assert any("routing imports llama_balancer.http" in line for line in found)

@@ -13,7 +13,7 @@ from aiohttp import web
 
 from .core.auth import AuthPolicy, merge_keys
 from .core.config import Config, parse_config
-from .core.config_diff import config_changes
+from .core.config_diff import config_changes, needs_restart
 from .core.shadow import shadowed_patterns
 from .core.errors import ConfigError
 from .core.health import GpuWindow
@@ -25,16 +25,19 @@ from .io.backend_watch import BackendWatch
 from .io.config_watch import ConfigWatcher
 from .io.gpu import GpuMonitor, GpuSampler, detect_sampler
 from .io.observability import AccessLog, Metrics, QuietProtocolErrors, queue_gauges
-from .io.oplog import event
+from .io.oplog import Notices, event
 from .io.pollers import Pollers
 from .io.shared_state import SharedCollector, SharedState
 from .io.sampling import DashboardSampler
 from .io.upstream import UpstreamClient
 from .io.wire_pool import WirePool
+from .routing.recording import Recorder
+from .routing.router import Router
 from .state.access_stats import AccessStats
 from .state.affinity import AffinityStore
 from .state.queue import WaitQueue
 from .state.clock import Clock, SystemClock, iso_utc
+from .state.events import EventCounts
 from .state.registry import Registry
 from .state.series import BackendSeries
 from .state.sticky import StickyStore
@@ -61,34 +64,9 @@ class Runtime:
     def __init__(self, config: Config, *, config_path: str | None = None, clock: Clock | None = None,
                  gpu_sampler: GpuSampler | None = None, environ: Mapping[str, str] | None = None) -> None:
         clock = clock or SystemClock()
-        options = config.balancer
         self._environ = os.environ if environ is None else environ
-        registry = Registry(config, clock)
-        client = UpstreamClient(options)
-        queue = WaitQueue(options.routing.queue_max, clock.monotonic)
-        watch = BackendWatch(clock)
-        self.context = AppContext(
-            config=config,
-            clock=clock,
-            registry=registry,
-            sticky=StickyStore(options.sticky_ttl_s, clock),
-            stats=AccessStats(options.access_log_window_s, clock),
-            client=client,
-            pollers=Pollers(registry, client, watch),
-            gpu=GpuMonitor(gpu_sampler or detect_sampler(),
-                           GpuWindow(options.gpu_window_s, options.gpu_busy_threshold),
-                           options.gpu_sample_interval_s),
-            metrics=Metrics(registry, lambda: queue_gauges(queue)),
-            access_log=AccessLog(options.access_log, options.access_log_max_bytes, options.access_log_backups),
-            auth=auth_policy(config, self._environ),
-            trusted=TrustedProxies(options.trusted_proxies),
-            affinity=AffinityStore(options.routing.affinity_entries),
-            queue=queue,
-            watch=watch,
-            info={"path": config_path, "loaded_at": iso_utc(clock.wall()), "error": None},
-        )
-        ctx = self.context
-        ctx.series = BackendSeries(options.dashboard_sample_s)
+        self.context = ctx = self._build(config, clock, gpu_sampler or detect_sampler(), config_path)
+        registry, queue, options = ctx.registry, ctx.queue, config.balancer
         self._sampler = DashboardSampler(registry, queue, ctx.series, ctx.events, ctx.metrics,
                                          lambda: ctx.config.balancer.dashboard_sample_s)
         registry.on_release = self.context.queue.wake_all
@@ -104,6 +82,38 @@ class Runtime:
         self._runner: web.AppRunner | None = None
         self.front: Front | None = None
         self.port: int | None = None
+
+    def _build(self, config: Config, clock: Clock, gpu_sampler: GpuSampler, config_path: str | None) -> AppContext:
+        """The stores, the recorder and the router (each given what it uses), and the
+        handlers' context over them. What a reload replaces (config, auth, trusted proxies)
+        the router and recorder read through callables, so they always see the current one."""
+        options = config.balancer
+        registry = Registry(config, clock)
+        client = UpstreamClient(options)
+        queue = WaitQueue(options.routing.queue_max, clock.monotonic)
+        watch = BackendWatch(clock)
+        sticky = StickyStore(options.sticky_ttl_s, clock)
+        affinity = AffinityStore(options.routing.affinity_entries)
+        metrics = Metrics(registry, lambda: queue_gauges(queue))
+        notices = Notices()
+        recorder = Recorder(clock, metrics,
+                            AccessLog(options.access_log, options.access_log_max_bytes, options.access_log_backups),
+                            BackendSeries(options.dashboard_sample_s),
+                            AccessStats(options.access_log_window_s, clock), EventCounts(),
+                            trusted=lambda: self.context.trusted)
+        router = Router(config=lambda: self.context.config, clock=clock, registry=registry, sticky=sticky,
+                        affinity=affinity, queue=queue, metrics=metrics, notices=notices, watch=watch,
+                        auth=lambda: self.context.auth, recorder=recorder)
+        return AppContext(
+            config=config, clock=clock, registry=registry, sticky=sticky, stats=recorder.stats, client=client,
+            pollers=Pollers(registry, client, watch),
+            gpu=GpuMonitor(gpu_sampler, GpuWindow(options.gpu_window_s, options.gpu_busy_threshold),
+                           options.gpu_sample_interval_s),
+            metrics=metrics, access_log=recorder.access_log, auth=auth_policy(config, self._environ),
+            trusted=TrustedProxies(options.trusted_proxies), affinity=affinity, queue=queue, watch=watch,
+            router=router, recorder=recorder, notices=notices, series=recorder.series, events=recorder.events,
+            info={"path": config_path, "loaded_at": iso_utc(clock.wall()), "error": None},
+        )
 
     async def start(self, host: str = "0.0.0.0", port: int = 18000) -> int:
         """Start the client, polls and GPU sampler, then listen; returns the bound port."""
@@ -137,7 +147,8 @@ class Runtime:
         return self.port
 
     async def reload(self) -> dict[str, Any]:
-        """Parse and validate the file, then swap atomically; a bad file changes nothing."""
+        """Parse and validate the file, then swap atomically; a bad file changes nothing. The
+        answer (and a warning) names the changed settings only a restart applies."""
         ctx = self.context
         assert self.config_path is not None
         if self._watcher is not None:
@@ -159,7 +170,11 @@ class Runtime:
                  extra=event("config_reloaded", path=self.config_path, **changes.fields()))
         if list(old.models) != list(config.models):
             warn_shadowed(config)
-        return {"ok": True, "loaded_at": ctx.info["loaded_at"]}
+        restart = needs_restart(changes)
+        if restart:
+            log.warning("config reloaded; needs a restart: %s", "; ".join(restart),
+                        extra=event("config_needs_restart", path=self.config_path, settings=restart))
+        return {"ok": True, "loaded_at": ctx.info["loaded_at"], "needs_restart": restart}
 
     def _apply(self, config: Config) -> None:
         ctx = self.context
@@ -175,11 +190,25 @@ class Runtime:
         ctx.trusted = TrustedProxies(options.trusted_proxies)
         ctx.queue.max_size = options.routing.queue_max
         ctx.affinity.entries = options.routing.affinity_entries
-        if options.shared_state != ctx.config.balancer.shared_state:
-            log.warning("balancer.shared_state changed: the new settings take effect at the next restart")
+        self._apply_limits(config)
         ctx.config = config  # requests already placed keep the server they were given
         ctx.pollers.apply(config)
         ctx.info.update(loaded_at=iso_utc(ctx.clock.wall()), error=None, error_at=None)
+
+    def _apply_limits(self, config: Config) -> None:
+        """Limits and timeouts of what was built at start, where it can take them live: both
+        upstream pools' timeouts (the next exchange), the native pool's size, the GPU
+        sampler's interval and window, the config watcher's interval. What cannot change
+        live is listed by ``needs_restart``."""
+        ctx, options = self.context, config.balancer
+        ctx.client.apply_timeouts(options)
+        if self.front is not None:
+            self.front.pool.reconfigure(options.upstream_connect_timeout_s, options.upstream_idle_timeout_s,
+                                        options.upstream_pool_size)
+        ctx.gpu.interval_s = options.gpu_sample_interval_s
+        ctx.gpu.window.window_s, ctx.gpu.window.threshold = options.gpu_window_s, options.gpu_busy_threshold
+        if self._watcher is not None:
+            self._watcher.interval_s = options.config_poll_interval_s
 
     async def stop(self) -> None:
         """Stop listening, let requests in flight finish within the drain grace, then close."""

@@ -88,6 +88,54 @@ async def test_requests_in_flight_finish_under_the_old_routing(sims, balancer, h
     assert await routed_to(http, runtime.url) == "PC2"
 
 
+async def test_a_reload_applies_upstream_timeouts_and_pool_size_and_names_what_needs_a_restart(
+        two, balancer, http, tmp_path, caplog):
+    path = tmp_path / "server-list.json"
+    write_config(path, two, {MODEL: ["PC1"]}, config_poll_interval_s=60, upstream_pool_size=1)
+    runtime = await balancer(json.loads(path.read_text()), config_path=str(path))
+    write_config(path, two, {MODEL: ["PC1"]}, config_poll_interval_s=30, upstream_pool_size=4,
+                 upstream_connect_timeout_s=7, upstream_idle_timeout_s=9, max_headers=64, gpu_sample_interval_s=0.5)
+    async with http.post(runtime.url + "/admin/reload") as response:
+        answer = await response.json()
+    assert answer["ok"] is True
+    assert [entry.split(" ")[0] for entry in answer["needs_restart"]] == ["balancer.upstream_pool_size",
+                                                                          "balancer.max_headers"]
+    pool, client = runtime.front.pool, runtime.context.client
+    assert (pool.limit, pool.connect_timeout_s, pool.idle_timeout_s) == (4, 7, 9)
+    assert (client.request_timeout.sock_connect, client.request_timeout.sock_read) == (7, 9)
+    assert runtime.context.gpu.interval_s == 0.5 and runtime._watcher.interval_s == 30
+    assert any("needs a restart: balancer.upstream_pool_size" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    write_config(path, two, {MODEL: ["PC2"]}, config_poll_interval_s=30, upstream_pool_size=4,
+                 upstream_connect_timeout_s=3, upstream_idle_timeout_s=9, max_headers=64, gpu_sample_interval_s=0.5)
+    assert (await runtime.reload())["needs_restart"] == []
+    assert pool.connect_timeout_s == 3 and not any("needs a restart" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_reload_resizing_the_pool_lets_a_waiting_request_go_and_closes_idle_connections_over_it(
+        sims, balancer, http, tmp_path):
+    slow = await sims(name="PC1", models=[MODEL], fast=False, chunk_delay_s=0.02)
+    path = tmp_path / "server-list.json"
+    write_config(path, {"PC1": slow}, {MODEL: ["PC1"]}, config_poll_interval_s=60, upstream_pool_size=1)
+    runtime = await balancer(json.loads(path.read_text()), config_path=str(path))
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "x"}], "max_tokens": 200, "stream": True}
+    async with http.post(runtime.url + "/v1/chat/completions", json=body) as streaming:
+        await streaming.content.readline()  # the pool's one connection carries this stream
+        waiting = asyncio.create_task(routed_to(http, runtime.url))
+        await wait_until(lambda: runtime.front.pool._waiters)
+        write_config(path, {"PC1": slow}, {MODEL: ["PC1"]}, config_poll_interval_s=60, upstream_pool_size=2)
+        assert (await runtime.reload())["ok"] is True
+        assert await asyncio.wait_for(waiting, 3) == "PC1"
+        assert not streaming.content.at_eof()  # it went while the stream still held the first
+        await streaming.read()
+    pool = runtime.front.pool
+    await wait_until(lambda: pool.idle_connections == 2)
+    write_config(path, {"PC1": slow}, {MODEL: ["PC1"]}, config_poll_interval_s=60, upstream_pool_size=1)
+    assert (await runtime.reload())["ok"] is True
+    await wait_until(lambda: pool.open_connections == 1 and pool.idle_connections == 1)
+    assert await routed_to(http, runtime.url) == "PC1"
+
+
 def spawn(config_path, port: int) -> asyncio.subprocess.Process:
     return asyncio.create_subprocess_exec(
         sys.executable, "-m", "llama_balancer", "serve", "--config", str(config_path),

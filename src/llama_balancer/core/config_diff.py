@@ -79,3 +79,31 @@ def _changed_keys(old: BaseModel, new: BaseModel, prefix: str = "") -> list[str]
         else:
             out.append(key)
     return out
+
+
+# What a running balancer cannot change: each was handed, at start, to something that keeps
+# it (aiohttp's client pool and server, the access log's file, the Redis link). Everything
+# else in ``balancer`` is read per request or applied by the reload itself.
+RESTART_ONLY = {
+    "balancer.upstream_pool_size": "aiohttp's client pool keeps its size (the native front's pool takes it now)",
+    "balancer.max_header_bytes": "connections handed to aiohttp keep the old limit (the native front applies it now)",
+    "balancer.max_headers": "connections handed to aiohttp keep the old limit (the native front applies it now)",
+    "balancer.client_idle_timeout_s": "connections handed to aiohttp keep the old keep-alive timeout "
+                                      "(the native front applies it now)",
+    "balancer.drain_grace_s": "aiohttp's shutdown timeout was set at start (the native front drains with the new one)",
+    "balancer.access_log": "the access log's destination is opened at start",
+    "balancer.access_log_max_bytes": "the access log's rotation is set at start",
+    "balancer.access_log_backups": "the access log's rotation is set at start",
+    "balancer.shared_state": "the link to the shared store is made at start",
+}
+
+
+def needs_restart(changes: ConfigChanges) -> list[str]:
+    """The changed options a reload cannot apply, each as ``path (why)``; nested ones (a
+    ``shared_state`` field) under the entry of their parent."""
+    found: dict[str, str] = {}
+    for path in changes.options_changed:
+        for key, why in RESTART_ONLY.items():
+            if path == key or path.startswith(key + "."):
+                found.setdefault(key, f"{key} ({why})")
+    return list(found.values())

@@ -5,6 +5,12 @@ Foreign errors (aiohttp, OS) are mapped to these at the edge, in ``io``.
 from __future__ import annotations
 
 
+def error_envelope(message: str, type_: str, code: str) -> dict:
+    """The OpenAI error envelope, ``{"error": {"message", "type", "code"}}``: the one shape
+    every error answer has, whichever stack writes it."""
+    return {"error": {"message": message, "type": type_, "code": code}}
+
+
 class BalancerError(Exception):
     """An error with an HTTP status and an OpenAI-style ``type`` / ``code``."""
 
@@ -19,8 +25,8 @@ class BalancerError(Exception):
         self.headers = headers or {}
 
     def body(self) -> dict:
-        """The OpenAI error envelope: ``{"error": {"message", "type", "code"}}``."""
-        return {"error": {"message": self.message, "type": self.type, "code": self.code}}
+        """The OpenAI error envelope (``error_envelope``) for this error."""
+        return error_envelope(self.message, self.type, self.code)
 
 
 class BadRequest(BalancerError):

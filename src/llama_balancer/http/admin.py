@@ -63,7 +63,7 @@ async def handle_access_stats(request: web.Request) -> web.Response:
     """The last hour of routed requests (the old tool's keys and ours, ``prompt_cache``
     among them) and the errors panel's recent counts."""
     ctx = context_of(request)
-    return json_response({**ctx.stats.summary(), "errors": ctx.events.summary(time.monotonic())})
+    return json_response({**ctx.stats.summary(), "errors": ctx.events.summary(ctx.clock.monotonic())})
 
 
 async def handle_series(request: web.Request) -> web.Response:

@@ -9,7 +9,8 @@ from .context import CONTEXT, AppContext
 from .cors import add_cors_headers
 from .guards import front_middleware
 from .proxy import handle_proxy
-from .routed import MODEL_OPTIONAL, MODEL_REQUIRED, handle_routed
+from ..routing.call import ROUTED_PATHS
+from .routed import handle_routed
 
 
 def build_app(ctx: AppContext) -> web.Application:
@@ -29,7 +30,7 @@ def build_app(ctx: AppContext) -> web.Application:
     router.add_get("/readyz", handle_readyz)
     router.add_get("/metrics", handle_metrics)
     router.add_post("/admin/reload", handle_reload)
-    for path in MODEL_REQUIRED + MODEL_OPTIONAL:
+    for path in ROUTED_PATHS:
         router.add_post(path, handle_routed)
     router.add_route("*", "/{tail:.*}", handle_proxy)
     return app

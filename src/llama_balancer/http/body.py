@@ -1,15 +1,14 @@
-"""Reading a client's body as aiohttp serves it (size limit, time limit), and a
-model-bearing one once: JSON object, a string ``model``."""
+"""Reading a client's body as aiohttp serves it (size limit, time limit); what a
+model-bearing body must hold is the routing layer's (``routing/resolve.py``)."""
 from __future__ import annotations
 
 import asyncio
 import time
 from typing import Any, AsyncIterator
 
-import orjson
 from aiohttp import web
 
-from ..core.errors import InvalidJSON, MissingModel, PayloadTooLarge, RequestTimeout
+from ..core.errors import PayloadTooLarge, RequestTimeout
 
 
 async def body_chunks(request: web.Request, limit: int, timeout_s: float) -> AsyncIterator[bytes]:
@@ -41,24 +40,3 @@ async def body_chunks(request: web.Request, limit: int, timeout_s: float) -> Asy
 async def read_limited(request: web.Request, limit: int, timeout_s: float) -> bytes:
     """The whole body, within the limits of ``body_chunks``."""
     return b"".join([chunk async for chunk in body_chunks(request, limit, timeout_s)])
-
-
-def parse_payload(raw: bytes) -> dict[str, Any]:
-    try:
-        payload = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidJSON(f"request body is not valid JSON: {exc}") from None
-    if not isinstance(payload, dict):
-        raise InvalidJSON("request body must be a JSON object")
-    return payload
-
-
-def model_of(payload: dict[str, Any], required: bool) -> str | None:
-    model = payload.get("model")
-    if isinstance(model, str) and model:
-        return model
-    if model is None and not required:
-        return None
-    if model is None:
-        raise MissingModel("'model' is required")
-    raise MissingModel(f"'model' must be a non-empty string, got {orjson.dumps(model).decode()[:60]}")

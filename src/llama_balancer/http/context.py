@@ -1,4 +1,7 @@
-"""Everything a handler may use, owned by the runtime and handed to the app once."""
+"""Everything a handler may use, owned by the runtime and handed to the app once.
+
+The routing layer does not see it: the ``Router`` was built with its own dependencies, and
+handlers reach it (and the ``Recorder``) through here."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -16,6 +19,8 @@ from ..io.oplog import Notices
 from ..io.pollers import Pollers
 from ..io.shared_state import SharedState
 from ..io.upstream import UpstreamClient
+from ..routing.recording import Recorder
+from ..routing.router import Router
 from ..state.access_stats import AccessStats
 from ..state.affinity import AffinityStore
 from ..state.events import EventCounts
@@ -43,11 +48,12 @@ class AppContext:
     affinity: AffinityStore
     queue: WaitQueue
     watch: BackendWatch  # logs backend state changes (after polls and failed requests)
-    notices: Notices = field(default_factory=Notices)  # throttled log lines (retries, 429s, unknown models)
-    series: BackendSeries = field(default_factory=lambda: BackendSeries(2.0))  # dashboard, per backend, 15 min
-    events: EventCounts = field(default_factory=EventCounts)  # dashboard errors panel, last hour
+    router: Router  # the model-bearing requests' way (routing/)
+    recorder: Recorder  # opens and closes every exchange's record (metrics, access log, stats)
+    notices: Notices  # throttled log lines (retries, 429s, unknown models)
+    series: BackendSeries  # dashboard, per backend, 15 min
+    events: EventCounts  # dashboard errors panel, last hour
     shared: SharedState | None = None  # replicas sharing state through Redis; None: one process
-    turns: int = 0  # round-robin position (baseline policy)
     info: dict[str, Any] = field(default_factory=dict)  # config path, loaded_at, last error
     # Set by the runtime: re-read the config file; answers {"ok": bool, ...}.
     reload: Callable[[], Awaitable[dict[str, Any]]] | None = None

@@ -7,6 +7,7 @@ import orjson
 from aiohttp import web
 
 from ..core.cors import answer_headers, is_cors_header, is_preflight, preflight_headers
+from ..core.errors import error_envelope
 from .context import CONTEXT, context_of
 
 
@@ -19,8 +20,8 @@ def preflight_answer(request: web.Request) -> web.Response | None:
         return None
     headers = preflight_headers(origins, origin, request.headers.get("Access-Control-Request-Headers"))
     if headers is None:
-        body = {"error": {"message": f"origin {origin!r} is not allowed (balancer.cors_origins)",
-                          "type": "invalid_request_error", "code": "cors_origin_not_allowed"}}
+        body = error_envelope(f"origin {origin!r} is not allowed (balancer.cors_origins)",
+                              "invalid_request_error", "cors_origin_not_allowed")
         return web.Response(status=403, body=orjson.dumps(body), content_type="application/json",
                             headers={"Vary": "Origin"})
     return web.Response(status=204, headers=headers)

@@ -9,7 +9,7 @@ from typing import Awaitable, Callable, Iterable
 import orjson
 from aiohttp import web
 
-from ..core.errors import BalancerError
+from ..core.errors import BalancerError, error_envelope
 
 log = logging.getLogger("llama_balancer.http")
 
@@ -17,7 +17,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def error_response(status: int, message: str, type_: str, code: str, headers: dict[str, str] | None = None) -> web.Response:
-    body = orjson.dumps({"error": {"message": message, "type": type_, "code": code}})
+    body = orjson.dumps(error_envelope(message, type_, code))
     return web.Response(status=status, body=body, content_type="application/json", headers=headers)
 
 

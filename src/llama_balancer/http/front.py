@@ -2,7 +2,7 @@
 
 Each client connection starts with a ``FrontConnection`` (an asyncio protocol). A plain
 ``POST`` to a routed path (see ``request_head``) is served natively: the routing logic of
-``routed.route_call`` over upstream connections from ``io.wire`` that write the answer
+the routing layer's ``Router`` over upstream connections from ``io.wire`` that write the answer
 straight to this connection's transport. Anything else hands the connection, with every
 byte read so far, to aiohttp's ``RequestHandler`` for good, where the app's middleware and
 handlers (admin, dashboard, catch-all proxy, and the routed endpoints too) serve it as they
@@ -35,19 +35,18 @@ from ..core.errors import BalancerError, PayloadTooLarge, RequestTimeout
 from ..io.http1 import client_head, request_bytes
 from ..io.wire import UpstreamConnection
 from ..io.wire_pool import WirePool
+from ..routing.call import ROUTED_PATHS, Answered, Call
 from ..state.exchange import Exchange
 from .context import AppContext
 from .cors import answer_lines
 from .errors import error_bytes
 from .guards import auth_refusal, request_id_from
 from .handoff import HandedOff
-from .recording import begin_exchange, finish_exchange, note_refusal
 from .request_head import MalformedRequest, RequestHead, check_request_line, parse_request_head
-from .routed import MODEL_OPTIONAL, MODEL_REQUIRED, Call, RetryElsewhere, route_call
 
 log = logging.getLogger("llama_balancer.front")
 
-NATIVE_PATHS = frozenset(MODEL_REQUIRED + MODEL_OPTIONAL)
+NATIVE_PATHS = frozenset(ROUTED_PATHS)
 MAX_NATIVE_HEAD = 16384  # a longer head goes to aiohttp, which applies max_header_bytes
 READ_AHEAD = 1 << 20  # bytes buffered past the request being served before reading pauses
 
@@ -206,7 +205,7 @@ class FrontConnection(asyncio.Protocol):
             self.abort()
             return
         self.head_sent = False
-        note_refusal(self.front.ctx, exc)
+        self.front.ctx.recorder.refused(exc)
         self._answer_error(exc, token_hex(16))
         self.close()
 
@@ -307,14 +306,14 @@ class FrontConnection(asyncio.Protocol):
             token = bearer_token(from_latin1(headers.get("Authorization")), from_latin1(headers.get("x-api-key")))
             refusal = auth_refusal(ctx.auth, head.method, head.path, token)
             if refusal is not None:
-                note_refusal(ctx, refusal)
+                ctx.recorder.refused(refusal)
                 self._answer_error(refusal, request_id)
                 return
-            ex = begin_exchange(ctx, request_id, head.path, head.path, headers.get("X-Forwarded-For"), self.peer)
+            ex = ctx.recorder.begin(request_id, head.path, head.path, headers.get("X-Forwarded-For"), self.peer)
             if too_large:
                 limit = ctx.config.balancer.max_body_bytes
                 raise PayloadTooLarge(f"request body of {head.length} bytes exceeds the limit of {limit} bytes")
-            await route_call(ctx, Call(head.method, head.path, head.target, headers, body), ex, self._attempt)
+            await ctx.router.route(Call(head.method, head.path, head.target, headers, body), ex, self._attempt)
         except BalancerError as exc:
             error = exc
             self._answer_error(exc, request_id)
@@ -327,7 +326,7 @@ class FrontConnection(asyncio.Protocol):
         finally:
             try:
                 if ex is not None:
-                    finish_exchange(ctx, ex, error)
+                    ctx.recorder.finish(ex, error)
             except Exception:  # bookkeeping must never stall the connection
                 log.exception("recording %s %s failed", head.method, head.path)
             self._done()
@@ -363,17 +362,15 @@ class FrontConnection(asyncio.Protocol):
                                     extra=self._cors))
 
     async def _attempt(self, server: ServerConfig, call: Call, headers: CIMultiDict[str], body: bytes, ex: Exchange,
-                       last_try: bool, answered: Callable[[], None]) -> None:
-        """One try on one backend over a pooled upstream connection (routed.Attempt)."""
+                       last_try: bool, answered: Answered) -> None:
+        """One try on one backend over a pooled upstream connection (routing.call.Attempt)."""
         name = ex.server or ""
         host, port, tls, host_header = self.front.address_of(server)
         where = f"backend {name!r} ({server.model_base}{call.path_qs})"
         request = request_bytes(call.method, call.path_qs, host_header, headers.items(), body)
         conn, answer = await self.front.pool.exchange(host, port, tls, request, name, where)
         try:
-            if not last_try and answer.status in self.front.ctx.config.balancer.routing.retry_statuses:
-                raise RetryElsewhere(name, f"http_{answer.status}", None)
-            answered()
+            answered(answer.status)  # raises RetryElsewhere for a status retried elsewhere
             ex.status, ex.streamed = answer.status, answer.event_stream
             transport = self.transport
             if transport is None or transport.is_closing():

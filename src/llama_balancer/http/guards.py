@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import time
 from secrets import token_hex
 
 from aiohttp import web
@@ -15,7 +14,6 @@ from .context import REQUEST_ID, AppContext, context_of
 from .cors import preflight_answer
 from .errors import Handler, answer_errors, error_response, from_balancer_error
 from .handoff import handed_off
-from .recording import note_refusal
 from .request_head import MalformedRequest
 
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -88,7 +86,7 @@ def _refusal(request: web.Request) -> web.Response | None:
     if _NOT_VISIBLE.search(request.raw_path):
         return _refused(ctx, MalformedRequest("control character or non-ASCII byte in the request target"))
     if request.method == "CONNECT" or not request.raw_path.startswith("/"):
-        ctx.events.add(time.monotonic(), "4xx", "invalid_request_target")
+        ctx.events.add(ctx.clock.monotonic(), "4xx", "invalid_request_target")
         return error_response(400, "only origin-form request targets are accepted (no proxying to other hosts)",
                               "invalid_request_error", "invalid_request_target")
     preflight = preflight_answer(request)
@@ -104,5 +102,5 @@ def _refusal(request: web.Request) -> web.Response | None:
 
 
 def _refused(ctx: AppContext, error: BalancerError) -> web.Response:
-    note_refusal(ctx, error)
+    ctx.recorder.refused(error)
     return from_balancer_error(error)

@@ -5,10 +5,10 @@ from aiohttp import web
 
 from ..core.errors import PayloadTooLarge
 from ..io.forward import relay_response
+from ..routing.upstream_headers import headers_for
 from .body import body_chunks
 from .context import context_of
-from .recording import begin_exchange_for, finish_exchange
-from .upstream_headers import headers_for
+from .recording import begin_exchange_for
 
 
 async def handle_proxy(request: web.Request) -> web.StreamResponse:
@@ -22,7 +22,8 @@ async def handle_proxy(request: web.Request) -> web.StreamResponse:
         if request.content_length is not None and request.content_length > limit:
             raise PayloadTooLarge(f"request body of {request.content_length} bytes exceeds the limit of {limit} bytes")
         server = config.servers[config.fallback]
-        headers = headers_for(ctx, request.headers, server, ex.request_id, body_replaced=False)
+        headers = headers_for(request.headers, server, ex.request_id, body_replaced=False,
+                              keys_checked=ctx.auth.enabled)
         data = body_chunks(request, limit, config.balancer.client_header_timeout_s) if request.body_exists else None
         async with ctx.client.open(request.method, server.model_base + request.path_qs, headers=headers,
                                    data=data, server=config.fallback) as upstream:
@@ -31,4 +32,4 @@ async def handle_proxy(request: web.Request) -> web.StreamResponse:
         error = exc
         raise
     finally:
-        finish_exchange(ctx, ex, error)
+        ctx.recorder.finish(ex, error)

@@ -13,7 +13,7 @@ import time
 import aiohttp
 from aiohttp import web
 
-from ..core.usage import TAIL_BYTES, head_of
+from ..core.usage import UsageTail
 from ..state.exchange import Exchange
 from .headers import client_response_headers
 from .http1 import is_stream_type
@@ -77,18 +77,12 @@ async def _relay_plain(upstream: aiohttp.ClientResponse, response: web.StreamRes
 
 
 async def _relay_observed(upstream: aiohttp.ClientResponse, response: web.StreamResponse, exchange: Exchange) -> None:
-    tail = exchange.tail
-    kept = 0
+    keep = UsageTail(exchange.tail).keep  # the last few KiB, where usage and timings are
     read = upstream.content.readany
     while chunk := await read():
         if exchange.first_byte is None:
             exchange.first_byte = time.monotonic()
-        if not tail:  # the answer's first piece: its first event stays too (core.usage.head_of)
-            tail.append(head_of(chunk))
-        tail.append(chunk)
-        kept += len(chunk)
-        while kept - len(tail[1]) >= TAIL_BYTES:
-            kept -= len(tail.pop(1))
+        keep(chunk)
         await response.write(chunk)
 
 

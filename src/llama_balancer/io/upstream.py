@@ -19,11 +19,12 @@ class UpstreamClient:
     def __init__(self, options: BalancerOptions) -> None:
         self._options = options
         self._session: aiohttp.ClientSession | None = None
-        self.request_timeout = aiohttp.ClientTimeout(
-            total=None,
-            sock_connect=options.upstream_connect_timeout_s,
-            sock_read=options.upstream_idle_timeout_s,
-        )
+        self.request_timeout = _request_timeout(options)
+
+    def apply_timeouts(self, options: BalancerOptions) -> None:
+        """A reload: every request from now on gets the new timeouts (they are passed per
+        request). The pool's size is the connector's, fixed at start."""
+        self.request_timeout = _request_timeout(options)
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(
@@ -95,6 +96,11 @@ class UpstreamClient:
                 return response.status, response.headers, await response.read()
             except BaseException as exc:
                 raise map_error(exc, url, server) from None
+
+
+def _request_timeout(options: BalancerOptions) -> aiohttp.ClientTimeout:
+    return aiohttp.ClientTimeout(total=None, sock_connect=options.upstream_connect_timeout_s,
+                                 sock_read=options.upstream_idle_timeout_s)
 
 
 def map_error(exc: BaseException, url: str, server: str | None) -> BaseException:

@@ -27,6 +27,20 @@ class WirePool:
         self._open = 0
         self._waiters: deque[asyncio.Future[None]] = deque()
 
+    def reconfigure(self, connect_timeout_s: float, idle_timeout_s: float | None, limit: int) -> None:
+        """A reload: the timeouts apply from the next connect or exchange. A larger limit lets
+        the requests waiting for a place connect now; a smaller one closes idle connections
+        over it now, and busy ones as their exchange ends."""
+        raised = limit == 0 or (self.limit != 0 and limit > self.limit)
+        self.connect_timeout_s, self.idle_timeout_s, self.limit = connect_timeout_s, idle_timeout_s, limit
+        if raised:
+            for waiter in self._waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+        elif limit:
+            for _ in range(min(self._open - limit, self.idle_connections)):
+                self._close_one_idle()
+
     @property
     def open_connections(self) -> int:
         """Connections open or being opened, idle in the pool or carrying an exchange."""
@@ -121,6 +135,9 @@ class WirePool:
         transport = conn.transport
         if conn.closed or conn.forgotten or transport is None or transport.is_closing():
             return  # closing already: its connection_lost accounts for it, once
+        if self.limit and self._open > self.limit:  # a reload lowered the limit
+            conn.abort()  # its connection_lost frees the place
+            return
         conn.idle_since = time.monotonic()
         self._idle.setdefault(conn.key, []).append(conn)
         self._wake_one()

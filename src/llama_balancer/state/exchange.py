@@ -12,7 +12,7 @@ class Exchange:
     request_id: str
     endpoint: str
     endpoint_label: str  # the route's path, or "(proxy)": bounded for metrics
-    started: float  # monotonic
+    started: float  # the runtime's Clock.monotonic (SystemClock: time.monotonic, as first_byte)
     ip: str
     identity: str = ""
     user: str | None = None
@@ -23,7 +23,7 @@ class Exchange:
     reason: str | None = None
     status: int | None = None
     queue_wait_s: float = 0.0
-    first_byte: float | None = None  # monotonic, first body byte relayed
+    first_byte: float | None = None  # time.monotonic() of the first body byte relayed (set by the data path)
     streamed: bool = False  # the answer was an event stream (TTFT means something only there)
     ended: float | None = None
     outcome: str = "completed"  # completed | client_closed | upstream_error | rejected

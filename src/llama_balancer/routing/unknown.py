@@ -13,17 +13,17 @@ import logging
 
 from ..core.errors import ModelNotFound
 from ..core.models import public_models
-from .context import AppContext
-from .decide import Resolved
+from ..io.oplog import Notices
+from ..state.registry import Registry
+from .resolve import Resolved
 
 log = logging.getLogger("llama_balancer.routing")
 
 LISTED_AT_MOST = 30  # served models named in a 404's message
 
 
-def check_known(ctx: AppContext, resolved: Resolved) -> None:
-    """Raise ModelNotFound for an unknown name under ``reject``; warn once per name."""
-    registry = ctx.registry
+def check_known(registry: Registry, notices: Notices, resolved: Resolved, reject: bool) -> None:
+    """Raise ModelNotFound for an unknown name when ``reject``; warn once per name."""
     names = resolved.candidates if resolved.candidates is not None else registry.names()
     model = resolved.upstream_model
     listed = False
@@ -36,15 +36,14 @@ def check_known(ctx: AppContext, resolved: Resolved) -> None:
             return
     if not listed:
         return
-    reject = ctx.config.balancer.unknown_model == "reject"
-    served = served_models(ctx)
-    if ctx.notices.first_unknown(resolved.requested):
+    served = served_models(registry)
+    if notices.first_unknown(resolved.requested):
         action = "answered 404 model_not_found" if reject else "routed as the config says"
-        ctx.notices.emit(log, logging.WARNING, "unknown_model", "unknown_model",
-                         "unknown model %r: no server of its route lists it; %s (served: %s)",
-                         resolved.requested, action, ", ".join(served) or "none",
-                         model=resolved.requested, upstream_model=model if model != resolved.requested else None,
-                         action="reject" if reject else "fallback", servers=list(names))
+        notices.emit(log, logging.WARNING, "unknown_model", "unknown_model",
+                     "unknown model %r: no server of its route lists it; %s (served: %s)",
+                     resolved.requested, action, ", ".join(served) or "none",
+                     model=resolved.requested, upstream_model=model if model != resolved.requested else None,
+                     action="reject" if reject else "fallback", servers=list(names))
     if reject:
         shown = ", ".join(served[:LISTED_AT_MOST]) + (f" and {len(served) - LISTED_AT_MOST} more"
                                                       if len(served) > LISTED_AT_MOST else "")
@@ -52,9 +51,9 @@ def check_known(ctx: AppContext, resolved: Resolved) -> None:
                             f"served models: {shown or 'none known yet'}")
 
 
-def served_models(ctx: AppContext) -> list[str]:
+def served_models(registry: Registry) -> list[str]:
     """Every model the backends list, without instance variants (as ``/v1/models``)."""
     names: list[str] = []
-    for name in ctx.registry.names():
-        names.extend(ctx.registry.state(name).served or ())
+    for name in registry.names():
+        names.extend(registry.state(name).served or ())
     return public_models(names)

@@ -5,19 +5,19 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from ..core.config import ServerConfig
 from ..io.headers import upstream_request_headers
-from .context import AppContext
 
 
-def headers_for(ctx: AppContext, incoming: CIMultiDict[str] | CIMultiDictProxy[str], server: ServerConfig, request_id: str,
-                body_replaced: bool) -> CIMultiDict[str]:
+def headers_for(incoming: CIMultiDict[str] | CIMultiDictProxy[str], server: ServerConfig, request_id: str,
+                body_replaced: bool, keys_checked: bool) -> CIMultiDict[str]:
     """The client's headers minus hop-by-hop ones; the client's key is ours, not the backend's:
-    it is replaced by the server's ``api_key``, or dropped once the balancer checks keys."""
+    it is replaced by the server's ``api_key``, or dropped when the balancer checks keys
+    (``keys_checked``)."""
     headers = upstream_request_headers(incoming, body_replaced=body_replaced)
     headers["X-Request-Id"] = request_id
     if server.api_key is not None:
         headers.popall("x-api-key", None)
         headers["Authorization"] = f"Bearer {server.api_key}"
-    elif ctx.auth.enabled:
+    elif keys_checked:
         headers.popall("Authorization", None)
         headers.popall("x-api-key", None)
     return headers
