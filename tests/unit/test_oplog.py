@@ -7,7 +7,7 @@ import logging
 import orjson
 
 from llama_balancer.core.config import config_from_data
-from llama_balancer.core.config_diff import config_changes
+from llama_balancer.core.config_diff import config_changes, needs_restart
 from llama_balancer.core.throttle import Seen, Throttle
 from llama_balancer.io.oplog import JsonFormatter, Notices, TextFormatter, event, logfmt_value
 
@@ -89,3 +89,14 @@ def test_a_reload_names_what_changed_and_never_a_key():
     assert fields["options_changed"] == ["balancer.routing.policy", "auth"]
     assert "secret" not in repr(fields)
     assert config_changes(config_from_data(base), config_from_data(base)).empty
+
+
+def test_a_reload_names_the_changed_settings_only_a_restart_applies_nested_ones_under_their_parent():
+    base = {"servers": {"A": {"addr": "http://a", "health-port": 1, "model-port": 2}}, "models": {"x": ["A"]},
+            "balancer": {"shared_state": {"redis_url": "redis://r:6379/0"}}}
+    new = {**base, "balancer": {"shared_state": {"redis_url": "redis://r:6379/1", "lease_ttl_s": 8},
+                                "upstream_pool_size": 8, "upstream_connect_timeout_s": 5, "access_log": "off"}}
+    restart = needs_restart(config_changes(config_from_data(base), config_from_data(new)))
+    assert [entry.split(" ")[0] for entry in restart] == ["balancer.upstream_pool_size", "balancer.access_log",
+                                                           "balancer.shared_state"]
+    assert needs_restart(config_changes(config_from_data(base), config_from_data(base))) == []
