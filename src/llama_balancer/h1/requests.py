@@ -1,12 +1,17 @@
 """Client requests read by llhttp (``httptools``, strict mode), as events.
 
 One ``RequestReader`` per client connection. What it is fed, llhttp parses in full: heads,
-Content-Length and chunked bodies (de-chunked), pipelined requests, leading CRLFs. What
-llhttp refuses, and what we refuse besides (HTTP/0.9 and 2.0 request lines, an empty line,
-a field over ``max_field_bytes``, a head over ``HEAD_BYTES``, more than ``max_headers``
-fields), raises ``MalformedRequest``: 400 (505, 431) and a close. The caller feeds a connection's bytes only while it can serve what they
-hold, so a request's first byte is usually the first byte of a feed; then ``raw`` keeps the
-request's bytes as they came, for a connection handed to another server (aiohttp) whole.
+Content-Length and chunked bodies (de-chunked; trailer fields are dropped, never merged into
+the head), pipelined requests, one CRLF before the first request. What llhttp refuses, and
+what we refuse besides (HTTP/0.9 and 2.0 request lines, more than one empty line before the
+first request, a transfer coding other than chunked, a field over ``max_field_bytes``, a
+head over ``HEAD_BYTES``, more than ``max_headers`` fields), raises ``MalformedRequest``:
+400 (505, 501, 431) and a close. A request that asks to upgrade (or CONNECT) is read as any
+other, body included: we never switch protocols, so what follows is HTTP/1.1 again. After a
+request that closes the connection, nothing more is read (RFC 9112 9.6). The caller feeds a
+connection's bytes only while it can serve what they hold, so a request's first byte is
+usually the first byte of a feed; then ``raw`` keeps the request's bytes as they came, for a
+connection handed to another server (aiohttp) whole.
 """
 from __future__ import annotations
 
@@ -36,6 +41,13 @@ class VersionNotSupported(MalformedRequest):
 
 class HeadTooLarge(MalformedRequest):
     status, code = 431, "request_header_fields_too_large"
+
+
+class CodingNotImplemented(MalformedRequest):
+    """A transfer coding besides chunked (``gzip, chunked``): RFC 9112 6.1's 501. Read on, its
+    body would reach the backend de-chunked but still coded, as if it were not."""
+
+    status, code = 501, "not_implemented"
 
 
 @dataclass(slots=True)
@@ -68,7 +80,8 @@ class RequestReader:
     """llhttp over one connection's request bytes; ``events`` holds what it found, in order."""
 
     __slots__ = ("_parser", "_url", "_headers", "_size", "_max_field", "_max_head", "_max_headers", "_in_message",
-                 "_head_done", "_line_checked", "events", "raw", "raw_known", "_begun_in_feed")
+                 "_head_done", "_line_checked", "events", "raw", "raw_known", "_begun_in_feed", "_lead",
+                 "_framing", "_skipped_body", "_priming", "_keep_alive", "_closed")
 
     def __init__(self, max_field_bytes: int, max_headers: int) -> None:
         self._parser = httptools.HttpRequestParser(self)
@@ -84,6 +97,12 @@ class RequestReader:
         self.raw = bytearray()  # the current request's bytes as sent, while raw_known
         self.raw_known = False  # the current request began at the start of a feed
         self._begun_in_feed = False
+        self._lead: bytes | None = b""  # the CR/LF bytes before the first request (None once it began)
+        self._framing = b""  # the current request's framing header, as a head line
+        self._skipped_body = False  # llhttp skipped the current request's body (see _read_skipped_body)
+        self._priming = False  # a fresh parser reads a made-up head: its callbacks are not the client's
+        self._keep_alive = True  # the current request's connection stays open after it
+        self._closed = False  # a request that closes the connection was read: nothing more is
 
     @property
     def idle(self) -> bool:
@@ -92,24 +111,35 @@ class RequestReader:
 
     def feed(self, data: bytes) -> None:
         """Parse ``data``; raises MalformedRequest (the connection is then unusable)."""
+        if self._closed:
+            return
         at_boundary = self.idle
         if at_boundary:
-            if data[:2] == b"\r\n":  # RFC 9112 2.2: one empty line before a request is ignored
-                if data[2:4] == b"\r\n":
-                    raise MalformedRequest("empty request line")
+            if self._lead is not None:
+                self._check_lead(data)
             self.raw_known, self._begun_in_feed = True, False
             self.raw.clear()
         if self.raw_known:
             self.raw += data
-        try:
-            self._parser.feed_data(data)
-        except httptools.HttpParserCallbackError as exc:
-            cause = exc.__context__
-            raise cause if isinstance(cause, MalformedRequest) else MalformedRequest(str(exc)) from None
-        except httptools.HttpParserUpgrade:
-            pass  # an Upgrade request's head is complete: its bytes go elsewhere (never served here)
-        except httptools.HttpParserError as exc:
-            raise MalformedRequest(f"malformed request: {exc}") from None
+        while True:
+            try:
+                self._parser.feed_data(data)
+            except httptools.HttpParserCallbackError as exc:
+                cause = exc.__context__
+                raise cause if isinstance(cause, MalformedRequest) else MalformedRequest(str(exc)) from None
+            except httptools.HttpParserUpgrade as exc:
+                # a request that asks to upgrade (or CONNECT) was read: we never switch, so its
+                # body and what follows are read on (httptools has resumed llhttp)
+                if self._skipped_body:
+                    self._read_skipped_body()
+                data = data[exc.args[0]:]
+                if data and not self._closed:
+                    continue
+            except httptools.HttpParserError as exc:
+                if self._closed:  # what followed a request that closes the connection: never read
+                    return
+                raise MalformedRequest(f"malformed request: {exc}") from None
+            break
         if self._in_message and not self._head_done and not self._line_checked and self.raw_known:
             self._check_line()
 
@@ -122,6 +152,9 @@ class RequestReader:
     # -- llhttp's callbacks
 
     def on_message_begin(self) -> None:
+        if self._priming:
+            return
+        self._lead = None
         if self._begun_in_feed:  # a second request in one feed: its first byte's offset is unknown
             self.raw_known = False
             self.raw.clear()
@@ -130,6 +163,8 @@ class RequestReader:
         self._url, self._headers, self._size = b"", [], 0
 
     def on_url(self, url: bytes) -> None:
+        if self._priming:
+            return
         self._url += url
         self._grow(len(url))
         if len(self._url) > self._max_field:
@@ -138,12 +173,16 @@ class RequestReader:
     def on_header(self, name: bytes, value: bytes) -> None:
         if len(name) + len(value) > self._max_field:
             raise HeadTooLarge(f"a header field over {self._max_field} bytes")
-        self._headers.append((name.decode("latin-1"), value.decode("latin-1")))
         self._grow(len(name) + len(value) + 4)
+        if self._head_done:  # a trailer field: never merged into the head (RFC 9110 6.5.1), dropped
+            return
+        self._headers.append((name.decode("latin-1"), value.decode("latin-1")))
         if len(self._headers) > self._max_headers:
             raise HeadTooLarge(f"more than {self._max_headers} header fields")
 
     def on_headers_complete(self) -> None:
+        if self._priming:
+            return
         parser = self._parser
         version = parser.get_http_version()
         if version not in ("1.1", "1.0"):
@@ -158,20 +197,54 @@ class RequestReader:
             if low == "content-length":
                 length = int(value)  # llhttp checked: ASCII digits, one value, no Transfer-Encoding
             elif low == "transfer-encoding":
-                chunked = True  # llhttp checked: the last coding is chunked
+                if value.strip(" \t").lower() != "chunked":  # llhttp checked that the last one is
+                    raise CodingNotImplemented(f"Transfer-Encoding {value.strip()!r}: only chunked is served")
+                chunked = True
             elif low == "expect":
                 expect = value.strip().lower() == "100-continue"
         target = self._url.decode("latin-1")
+        keep_alive = parser.should_keep_alive()
         self.events.append(RequestHead(parser.get_method().decode("latin-1"), target, target.partition("?")[0],
-                                       version, self._headers, parser.should_keep_alive(), length, chunked,
-                                       expect))
+                                       version, self._headers, keep_alive, length, chunked, expect))
+        self._keep_alive = keep_alive
+        if parser.should_upgrade() and (chunked or length):
+            self._skipped_body = True
+            self._framing = b"Transfer-Encoding: chunked" if chunked else b"Content-Length: %d" % (length or 0)
+            if not keep_alive:
+                self._framing += b"\r\nConnection: close"  # llhttp then reads nothing after it either
 
     def on_body(self, body: bytes) -> None:
         self.events.append(Body(body))
 
     def on_message_complete(self) -> None:
+        if self._priming or self._skipped_body:  # the body is still to come (_read_skipped_body)
+            return
         self._in_message = False
+        self._closed = not self._keep_alive
         self.events.append(END)
+
+    def _read_skipped_body(self) -> None:
+        """httptools makes llhttp skip the body of a request that asks to upgrade (or CONNECT),
+        as if the protocol switched at once; then its body bytes would be read as the next
+        request. We never switch: a fresh parser, primed with a made-up head that frames the
+        same body, reads it (and then the connection's next requests)."""
+        self._skipped_body = False
+        self._parser = httptools.HttpRequestParser(self)
+        self._priming = True
+        try:
+            self._parser.feed_data(b"POST / HTTP/1.1\r\n" + self._framing + b"\r\n\r\n")
+        finally:
+            self._priming = False
+
+    def _check_lead(self, data: bytes) -> None:
+        """RFC 9112 2.2: one empty line (CRLF) before the first request is ignored; more, or a
+        bare CR or LF, is refused at once, wherever the reads split. (Between requests, llhttp
+        skips CR and LF bytes itself, where we cannot see them.)"""
+        run = len(data) - len(data.lstrip(b"\r\n"))
+        lead = (self._lead or b"") + data[:run]
+        if lead != b"\r\n"[:len(lead)] or (run < len(data) and len(lead) == 1):
+            raise MalformedRequest("empty request line")
+        self._lead = lead
 
     def _grow(self, n: int) -> None:
         self._size += n
