@@ -415,7 +415,7 @@ async def test_an_unexpected_error_reading_a_request_answers_500_and_one_log_lin
 
     def broken(*args: Any) -> None:
         raise RuntimeError("a bug in the head parser")
-    monkeypatch.setattr("llama_balancer.http.front.parse_request_head", broken)
+    monkeypatch.setattr("llama_balancer.h1.requests.RequestReader.feed", broken)
     body = chat_body()
     with caplog.at_level(logging.WARNING):
         answer, _ = await send(runtime.port, chat_head(len(body)) + body)

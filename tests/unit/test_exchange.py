@@ -456,16 +456,6 @@ def test_a_routing_failure_during_an_attempt_gives_the_backend_connection_back()
     assert fx.written().startswith(b"HTTP/1.1 500 ")
 
 
-def test_a_half_closed_client_gets_its_answer_then_the_close():
-    m, fx = machine()
-    served(m, fx)
-    m.client_eof()
-    m.begin_attempt(attempt(), 0.0)
-    m.upstream_data(OK, 0.0)
-    m.request_done()
-    assert fx.written().startswith(b"HTTP/1.1 200") and fx.log[-1] == ("close", False)
-
-
 def test_connection_close_from_the_client_closes_after_the_answer():
     m, fx = machine()
     served(m, fx, POST.replace(b"Host: lb\r\n", b"Host: lb\r\nConnection: close\r\n"))

@@ -10,7 +10,7 @@ The states (``State``), one request at a time, in order:
 
 - ``IDLE``: between requests; the keep-alive timer runs.
 - ``RECEIVING``: a request's head and body arrive (llhttp, ``requests.RequestReader``); the
-  head deadline runs from its first byte. A request not served here (``is_native`` says no)
+  head deadline runs from its first byte, and the idle timer still runs (a silent client). A request not served here (``is_native`` says no)
   hands the connection, with its bytes as sent, to aiohttp (``Effects.hand_off``).
 - ``ROUTING``: the request is complete; the routing layer decides (it may queue), then
   starts an attempt on one backend (``begin_attempt``), or gives up (``fail``).
@@ -150,14 +150,20 @@ class ExchangeMachine:
         self._reading_paused = False
         self._writing_paused = False
         self._keep_alive = True  # the current request's connection stays open after its answer
-        self._client_eof = False
         self._closing = False  # the balancer stops: no keep-alive after the current answer
         self._head_sent = False  # some answer's head went to the client for the current request
         self._attempt: Attempt | None = None
         self._answer: AnswerReader | None = None
         self._report = AttemptReport()
         self._last_upstream = 0.0
-        fx.set_timer(Timer.IDLE, self.limits.idle_timeout_s)
+        self._reads = 0  # client reads so far (the idle timer's measure of silence)
+        self._reads_at_idle_arm = 0
+        self._arm_idle()
+
+    @property
+    def may_answer(self) -> bool:
+        """No answer of the current request has begun: an error answer may still be written."""
+        return not self._head_sent and self.state not in (State.RELAYING, State.CLOSED, State.HANDED_OFF)
 
     # -- the client side
 
@@ -174,16 +180,9 @@ class ExchangeMachine:
                 self._reading_paused = True
                 self.fx.pause_reading()
 
-    def client_eof(self) -> None:
-        """The client sent all it will (a half close): answer what it asked, then close."""
-        self._client_eof = True
-        if self.state is State.IDLE:
-            self._close(abort=False)
-        elif self.state is State.RECEIVING:
-            self._close(abort=False)  # an unfinished request can never be answered
-
     def client_gone(self) -> None:
-        """The connection closed under us: give everything back."""
+        """The connection closed under us (or the client sent its FIN: as every HTTP proxy
+        does, an end of input is taken for a client that left): give everything back."""
         state = self.state
         if state in (State.CLOSED, State.HANDED_OFF):
             return
@@ -210,8 +209,11 @@ class ExchangeMachine:
 
     def timer_fired(self, timer: Timer, now: float) -> None:
         state = self.state
-        if timer is Timer.IDLE and state is State.IDLE:
-            self._close(abort=False)
+        if timer is Timer.IDLE and (state is State.IDLE or state is State.RECEIVING):
+            if self._reads != self._reads_at_idle_arm:  # bytes came: silent for less than the timeout
+                self._arm_idle()
+            else:
+                self._close(abort=False)
         elif timer is Timer.HEAD and state is State.RECEIVING:
             part = "body" if self._request is not None else "head"
             self._refuse(RequestTimeout(f"the request {part} did not arrive within "
@@ -268,15 +270,14 @@ class ExchangeMachine:
             return
         self._request = None
         self._head_sent = False
-        if not self._keep_alive or self._client_eof or self._closing:
+        if not self._keep_alive or self._closing:
             self._close(abort=False)
             return
         self.state = State.IDLE
         self.limits = self._limits_of()
-        self.fx.set_timer(Timer.IDLE, self.limits.idle_timeout_s)
+        self._arm_idle()
         if not self._reader.idle:  # a request pipelined in one read with the last: parsed already
             self.state = State.RECEIVING
-            self.fx.cancel_timer(Timer.IDLE)
             self.fx.set_timer(Timer.HEAD, self.limits.header_timeout_s)
             self._take_events()
         if self._reading_paused and self.state is State.IDLE:
@@ -330,9 +331,9 @@ class ExchangeMachine:
     # -- internals: requests
 
     def _read(self, data: bytes) -> None:
+        self._reads += 1
         if self.state is State.IDLE:
             self.state = State.RECEIVING
-            self.fx.cancel_timer(Timer.IDLE)
             self.fx.set_timer(Timer.HEAD, self.limits.header_timeout_s)
         try:
             self._reader.feed(data)
@@ -374,10 +375,17 @@ class ExchangeMachine:
         elif head.expect_continue and (head.content_length or head.chunked):
             self.fx.write(CONTINUE)
 
+    def _arm_idle(self) -> None:
+        """Between requests, and while one arrives: closed after ``idle_timeout_s`` without
+        a byte (within twice that: reads are counted, not timed, to keep timers off the path)."""
+        self._reads_at_idle_arm = self._reads
+        self.fx.set_timer(Timer.IDLE, self.limits.idle_timeout_s)
+
     def _request_complete(self) -> None:
         request = self._request
         assert request is not None
         self.fx.cancel_timer(Timer.HEAD)
+        self.fx.cancel_timer(Timer.IDLE)
         self.state = State.ROUTING
         if request.too_large:  # the routing layer records it, after its checks (auth), and answers
             self._keep_alive = False  # the rest of its body would be read as a request
@@ -387,7 +395,16 @@ class ExchangeMachine:
                                                              f"of {self.limits.max_body_bytes} bytes"))
             return
         body = request.body[0] if len(request.body) == 1 else b"".join(request.body)
+        if self._reader.events and not self._reader.raw_known:
+            self._keep_alive = self._keep_alive and self._can_serve_next()
         self.fx.serve(request.head, body, None)
+
+    def _can_serve_next(self) -> bool:
+        """Whether a request parsed behind this one in the same read can be served on this
+        connection: not when it is aiohttp's (``_hand_off`` could not give it its bytes), so
+        this answer already says the connection closes."""
+        head = next((event for event in self._reader.events if isinstance(event, RequestHead)), None)
+        return head is None or self._is_native(head)
 
     def _hand_off(self) -> None:
         reader = self._reader

@@ -81,7 +81,7 @@ class RequestReader:
 
     __slots__ = ("_parser", "_url", "_headers", "_size", "_max_field", "_max_head", "_max_headers", "_in_message",
                  "_head_done", "_line_checked", "events", "raw", "raw_known", "_begun_in_feed", "_lead",
-                 "_framing", "_skipped_body", "_priming", "_keep_alive", "_closed")
+                 "_framing", "_skipped_body", "_priming", "_keep_alive", "_closed", "_raw_headers", "_pending_head")
 
     def __init__(self, max_field_bytes: int, max_headers: int) -> None:
         self._parser = httptools.HttpRequestParser(self)
@@ -89,7 +89,9 @@ class RequestReader:
         self._max_head = max(HEAD_BYTES, max_field_bytes)
         self._url = b""
         self._headers: list[tuple[str, str]] = []
-        self._size = 0
+        self._raw_headers: list[tuple[bytes, bytes]] = []
+        self._pending_head = 0  # bytes fed while the current head is incomplete
+        self._size = 0  # trailer bytes of the current request
         self._in_message = False  # between a request's first byte and its last
         self._head_done = False
         self._line_checked = False
@@ -140,8 +142,12 @@ class RequestReader:
                     return
                 raise MalformedRequest(f"malformed request: {exc}") from None
             break
-        if self._in_message and not self._head_done and not self._line_checked and self.raw_known:
-            self._check_line()
+        if self._in_message and not self._head_done:
+            self._pending_head += len(data)  # a head still arriving (and what came before it in this read)
+            if self._pending_head > self._max_head:
+                raise HeadTooLarge(f"request head over {self._max_head} bytes")
+            if not self._line_checked and self.raw_known:
+                self._check_line()
 
     def keep_raw(self, keep: bool) -> None:
         """The caller serves the current request itself (False): its raw bytes are not needed."""
@@ -155,34 +161,43 @@ class RequestReader:
         if self._priming:
             return
         self._lead = None
-        if self._begun_in_feed:  # a second request in one feed: its first byte's offset is unknown
-            self.raw_known = False
-            self.raw.clear()
+        # A second request in one feed: where it began is unknown. ``raw`` (from the first
+        # one's first byte on) stays right for the first, until keep_raw(False) lets it go.
         self._begun_in_feed = True
         self._in_message, self._head_done, self._line_checked = True, False, False
-        self._url, self._headers, self._size = b"", [], 0
+        self._url, self._raw_headers, self._size = b"", [], 0
 
     def on_url(self, url: bytes) -> None:
-        if self._priming:
-            return
-        self._url += url
-        self._grow(len(url))
-        if len(self._url) > self._max_field:
-            raise HeadTooLarge(f"request target over {self._max_field} bytes")
+        if not self._priming:
+            self._url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if len(name) + len(value) > self._max_field:
-            raise HeadTooLarge(f"a header field over {self._max_field} bytes")
-        self._grow(len(name) + len(value) + 4)
+        # Kept as bytes and checked at the head's end (``feed`` bounds what a head may hold
+        # while it arrives): one call per field is the hot spot of reading a request.
         if self._head_done:  # a trailer field: never merged into the head (RFC 9110 6.5.1), dropped
-            return
-        self._headers.append((name.decode("latin-1"), value.decode("latin-1")))
-        if len(self._headers) > self._max_headers:
+            self._grow(len(name) + len(value) + 4)
+        else:
+            self._raw_headers.append((name, value))
+
+    def _check_head(self) -> None:
+        """The head's limits, now that it is whole: each field (and the target) within
+        ``max_field_bytes``, at most ``max_headers`` fields."""
+        limit = self._max_field
+        if len(self._url) > limit:
+            raise HeadTooLarge(f"request target over {limit} bytes")
+        if len(self._raw_headers) > self._max_headers:
             raise HeadTooLarge(f"more than {self._max_headers} header fields")
+        if any(len(name) + len(value) > limit for name, value in self._raw_headers):
+            raise HeadTooLarge(f"a header field over {limit} bytes")
 
     def on_headers_complete(self) -> None:
         if self._priming:
             return
+        self._check_head()
+        self._pending_head = 0
+        # llhttp drops the OWS before a value; the OWS after it is not part of it either (RFC 9112 5)
+        self._headers = [(name.decode("latin-1"), value.decode("latin-1").rstrip(" \t"))
+                         for name, value in self._raw_headers]
         parser = self._parser
         version = parser.get_http_version()
         if version not in ("1.1", "1.0"):

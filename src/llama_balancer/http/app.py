@@ -10,7 +10,7 @@ from .cors import add_cors_headers
 from .guards import front_middleware
 from .proxy import handle_proxy
 from ..routing.call import ROUTED_PATHS
-from .routed import handle_routed
+from .routed import handle_misdirected
 
 
 def build_app(ctx: AppContext) -> web.Application:
@@ -31,6 +31,6 @@ def build_app(ctx: AppContext) -> web.Application:
     router.add_get("/metrics", handle_metrics)
     router.add_post("/admin/reload", handle_reload)
     for path in ROUTED_PATHS:
-        router.add_post(path, handle_routed)
+        router.add_post(path, handle_misdirected)
     router.add_route("*", "/{tail:.*}", handle_proxy)
     return app

@@ -35,8 +35,3 @@ async def body_chunks(request: web.Request, limit: int, timeout_s: float) -> Asy
         if size > limit:
             raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
         yield chunk
-
-
-async def read_limited(request: web.Request, limit: int, timeout_s: float) -> bytes:
-    """The whole body, within the limits of ``body_chunks``."""
-    return b"".join([chunk async for chunk in body_chunks(request, limit, timeout_s)])

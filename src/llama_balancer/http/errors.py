@@ -2,9 +2,7 @@
 from __future__ import annotations
 
 import logging
-from email.utils import formatdate
-from http import HTTPStatus
-from typing import Awaitable, Callable, Iterable
+from typing import Awaitable, Callable
 
 import orjson
 from aiohttp import web
@@ -26,26 +24,6 @@ def from_balancer_error(exc: BalancerError) -> web.Response:
     if exc.closes:
         response.force_close()
     return response
-
-
-def error_bytes(exc: BalancerError, request_id: str, close: bool, extra: Iterable[str] = ()) -> bytes:
-    """An error answer as bytes, for the places that write to a transport themselves (the
-    native front; a handed-over connection's head deadline); ``extra``: more header lines."""
-    body = orjson.dumps(exc.body())
-    lines = [f"HTTP/1.1 {exc.status} {phrase(exc.status)}", f"Date: {formatdate(usegmt=True)}",
-             "Content-Type: application/json", f"Content-Length: {len(body)}", f"X-Request-Id: {request_id}"]
-    lines += [f"{name}: {value}" for name, value in exc.headers.items()]
-    lines += extra
-    if close:
-        lines.append("Connection: close")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
-
-
-def phrase(status: int) -> str:
-    try:
-        return HTTPStatus(status).phrase
-    except ValueError:
-        return "Error"
 
 
 _HTTP_TYPES = {404: ("not_found_error", "not_found"), 405: ("invalid_request_error", "method_not_allowed"),

@@ -10,11 +10,11 @@ from aiohttp import web
 
 from ..core.auth import Access, AuthPolicy, bearer_token
 from ..core.errors import BalancerError
+from ..h1.requests import MalformedRequest
 from .context import REQUEST_ID, AppContext, context_of
 from .cors import preflight_answer
 from .errors import Handler, answer_errors, error_response, from_balancer_error
 from .handoff import handed_off
-from .request_head import MalformedRequest
 
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _NOT_VISIBLE = re.compile(r"[^\x21-\x7e]")  # a request target is visible ASCII (RFC 9112 3.2)

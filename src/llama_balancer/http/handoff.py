@@ -13,6 +13,14 @@ answer that closes the connection nothing more is timed or written: aiohttp read
 left of the body for a while (its lingering close) and closes.
 Bodies are timed where they are read (``body.body_chunks``): only the time spent waiting
 for the client counts there, not a slow backend holding the upload back.
+
+A model endpoint's request that arrives on such a connection goes back to the front, which
+alone serves those (one data path): when aiohttp has answered every request it read and a
+new read begins with a request line the front serves (``wants``), aiohttp's handler is let
+go and the connection, with that read, returns to the front (``take_back``). A llhttp reader
+follows the connection's requests to know where each begins. One pipelined in a read
+behind another request stays with aiohttp, which answers it 421 (send it again, on another
+connection) and closes.
 """
 from __future__ import annotations
 
@@ -23,7 +31,10 @@ from secrets import token_hex
 from typing import Any, Callable
 
 from ..core.errors import BalancerError, RequestTimeout
-from .errors import error_bytes
+from ..h1.answers import error_bytes
+from ..h1.requests import END, MalformedRequest, RequestReader
+
+LINE_BYTES = 8192  # a request line longer than this is never one the front takes back
 
 log = logging.getLogger("llama_balancer.front")
 
@@ -32,8 +43,14 @@ class HandedOff(asyncio.Protocol):
     """aiohttp's handler for one connection, plus the request-head deadline."""
 
     def __init__(self, handler: asyncio.Protocol, header_timeout: Callable[[], float],
-                 head_since: float | None = None) -> None:
+                 head_since: float | None = None,
+                 take_back: Callable[[asyncio.Transport, bytes], None] | None = None,
+                 wants: Callable[[bytes], bool] | None = None) -> None:
         self.handler = handler
+        self._take_back, self._wants = take_back, wants
+        self._requests: RequestReader | None = RequestReader(LINE_BYTES, 1 << 16) if take_back else None
+        self._seen = self._answered = 0  # requests read in full; answers aiohttp finished
+        self._held = b""  # the start of a read whose request line is not complete yet
         self.header_timeout = header_timeout  # read when a head starts: a reload applies at once
         self.transport: asyncio.Transport | None = None
         self.busy = False  # a request is being handled, or its answer written
@@ -51,6 +68,10 @@ class HandedOff(asyncio.Protocol):
         try:
             if self._timer is None and not self.busy and not self.closing and data:
                 self._arm()
+            if self._requests is not None:
+                data = self._follow(data)
+                if not data:
+                    return
             self.handler.data_received(data)
         except Exception as exc:  # nothing may escape a protocol callback
             log.error("unexpected %s serving a client connection: %s", type(exc).__name__, exc)
@@ -69,6 +90,41 @@ class HandedOff(asyncio.Protocol):
     def resume_writing(self) -> None:
         self.handler.resume_writing()
 
+    # -- the front's requests go back to it
+
+    def _follow(self, data: bytes) -> bytes:
+        """What of ``data`` aiohttp gets: nothing when the connection goes back to the front."""
+        requests = self._requests
+        assert requests is not None and self._wants is not None
+        if requests.idle and self._seen == self._answered and not self.busy and not self.closing:
+            data = self._held + data
+            line_end = data.find(b"\n", 0, LINE_BYTES)
+            if line_end < 0 and len(data) < LINE_BYTES:
+                self._held = data  # the next read tells
+                return b""
+            self._held = b""
+            if line_end >= 0 and self._wants(data[:line_end]):
+                self._give_back(data)
+                return b""
+        try:
+            requests.feed(data)
+        except MalformedRequest:
+            self._requests = None  # aiohttp answers it and closes; nothing more to follow
+            return data
+        self._seen += sum(1 for event in requests.events if event is END)
+        requests.events.clear()
+        return data
+
+    def _give_back(self, data: bytes) -> None:
+        transport, take_back = self.transport, self._take_back
+        assert transport is not None and take_back is not None
+        self._disarm()
+        self._requests = None
+        handler: Any = self.handler
+        handler.transport = None  # aiohttp closes its transport when let go: not ours to close
+        handler.connection_lost(None)
+        take_back(transport, data)
+
     # -- told by the middleware
 
     def request_started(self) -> None:
@@ -77,6 +133,7 @@ class HandedOff(asyncio.Protocol):
 
     def request_done(self, keep_alive: bool) -> None:
         self.busy = False  # the next byte starts the next head's clock
+        self._answered += 1
         self.closing = self.closing or not keep_alive
 
     # -- the deadline

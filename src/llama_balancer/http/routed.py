@@ -1,45 +1,22 @@
-"""The aiohttp front for the model-bearing endpoints, for connections that aiohttp serves
-(those the native front hands over): read the body, then the routing layer's ``Router``
-does the rest through this module's ``Attempt`` (an aiohttp client request, relayed by
-``io.forward``). The native front (``front.py``) calls the same router with its own.
+"""The model endpoints on the aiohttp side: never served there.
+
+The native front serves every model endpoint's request (one data path, ``front.py``); a
+connection aiohttp serves comes back to it with the next such request
+(``handoff.HandedOff``). Only a model request pipelined in one read behind another request
+reaches aiohttp: it is answered 421 and the connection closes, so that the client sends it
+again on a new connection (RFC 9110 15.5.20: a client may retry a 421 on another connection,
+whatever the method).
 """
 from __future__ import annotations
 
 from aiohttp import web
-from multidict import CIMultiDict
 
-from ..core.config import ServerConfig
-from ..io.forward import relay_response
-from ..routing.call import Answered, Attempt, Call
-from ..state.exchange import Exchange
-from .body import read_limited
-from .context import AppContext, context_of
-from .recording import begin_exchange_for
+from .errors import error_response
 
 
-async def handle_routed(request: web.Request) -> web.StreamResponse:
-    """Read the body within its limits, route it, record the exchange however it ends."""
-    ctx = context_of(request)
-    ex = begin_exchange_for(ctx, request, request.path)
-    error: BaseException | None = None
-    try:
-        options = ctx.config.balancer
-        raw = await read_limited(request, options.max_body_bytes, options.client_header_timeout_s)
-        call = Call(request.method, request.path, request.path_qs, request.headers, raw)
-        return await ctx.router.route(call, ex, _aiohttp_attempt(ctx, request))
-    except BaseException as exc:
-        error = exc
-        raise
-    finally:
-        ctx.recorder.finish(ex, error)
-
-
-def _aiohttp_attempt(ctx: AppContext, request: web.Request) -> Attempt[web.StreamResponse]:
-    async def attempt(server: ServerConfig, call: Call, headers: CIMultiDict[str], body: bytes, ex: Exchange,
-                      last_try: bool, answered: Answered) -> web.StreamResponse:
-        name = ex.server or ""
-        async with ctx.client.open(call.method, server.model_base + call.path_qs, headers=headers, data=body,
-                                   server=name) as upstream:
-            answered(upstream.status)  # raises RetryElsewhere for a status retried elsewhere
-            return await relay_response(request, upstream, name, ex)
-    return attempt
+async def handle_misdirected(request: web.Request) -> web.StreamResponse:
+    response = error_response(421, "a model request pipelined behind another request on one connection is not "
+                                   "served: send it again on a new connection", "invalid_request_error",
+                              "misdirected_request")
+    response.force_close()
+    return response

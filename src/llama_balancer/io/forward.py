@@ -14,9 +14,9 @@ import aiohttp
 from aiohttp import web
 
 from ..core.usage import UsageTail
+from ..h1.answers import is_stream_type
 from ..state.exchange import Exchange
 from .headers import client_response_headers
-from .http1 import is_stream_type
 from .upstream import map_error
 
 log = logging.getLogger("llama_balancer.forward")
@@ -77,7 +77,7 @@ async def _relay_plain(upstream: aiohttp.ClientResponse, response: web.StreamRes
 
 
 async def _relay_observed(upstream: aiohttp.ClientResponse, response: web.StreamResponse, exchange: Exchange) -> None:
-    keep = UsageTail(exchange.tail).keep  # the last few KiB, where usage and timings are
+    keep = UsageTail(exchange.tail).keep
     read = upstream.content.readany
     while chunk := await read():
         if exchange.first_byte is None:

@@ -3,12 +3,8 @@ from __future__ import annotations
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
-HOP_BY_HOP = frozenset(
-    h.lower() for h in (
-        "Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization",
-        "Proxy-Connection", "TE", "Trailer", "Trailers", "Transfer-Encoding", "Upgrade",
-    )
-)
+from ..h1.answers import HOP_BY_HOP
+
 # Precomputed for the common case (no header named in Connection): no set building per request.
 _UPSTREAM_DROP = HOP_BY_HOP | {"host"}
 _UPSTREAM_DROP_REENCODED = _UPSTREAM_DROP | {"content-length"}

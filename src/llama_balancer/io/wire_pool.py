@@ -1,5 +1,6 @@
 """The pool of upstream connections (``wire.UpstreamConnection``): keep-alive per backend
-address, bounded in all, a stale connection replaced once before it counts as a failure."""
+address, bounded in all. (A pooled connection the backend had closed is replaced once by the
+front's attempt, ``acquire(fresh=True)``, before it counts as a failure.)"""
 from __future__ import annotations
 
 import asyncio
@@ -7,7 +8,6 @@ import time
 from collections import deque
 
 from ..core.errors import UpstreamError, UpstreamTimeout
-from .http1 import AnswerHead
 from .wire import UpstreamConnection
 
 KEEPALIVE_S = 30.0  # an idle pooled connection older than this is closed, not reused
@@ -54,29 +54,13 @@ class WirePool:
     def server_of(self, key: tuple[str, int, bool]) -> str | None:
         return self._names.get(key)
 
-    async def exchange(self, host: str, port: int, tls: bool, request: bytes, server: str,
-                       where: str) -> tuple[UpstreamConnection, AnswerHead]:
-        """Send ``request`` on a pooled (else new) connection; returns it with the answer's head.
-        A reused connection that dies before answering is replaced by a fresh one once."""
+    async def acquire(self, host: str, port: int, tls: bool, server: str, where: str,
+                      fresh: bool = False) -> UpstreamConnection:
+        """A pooled connection to the address (a new one when none idles, or ``fresh``)."""
         key = (host, port, tls)
         self._names[key] = server
-        conn = self._pooled(key)
-        if conn is None:
-            conn = await self._connect(key, where)
-        try:
-            return conn, await conn.start(request, where, self.idle_timeout_s)
-        except UpstreamError as exc:
-            if exc.kind != "reset" or not conn.fresh_failure_possible:
-                raise
-        except BaseException:
-            conn.abort()
-            raise
-        conn = await self._connect(key, where)
-        try:
-            return conn, await conn.start(request, where, self.idle_timeout_s)
-        except BaseException:
-            conn.abort()
-            raise
+        conn = None if fresh else self._pooled(key)
+        return conn if conn is not None else await self._connect(key, where)
 
     def _pooled(self, key: tuple[str, int, bool]) -> UpstreamConnection | None:
         idle = self._idle.get(key)
