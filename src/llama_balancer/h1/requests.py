@@ -81,7 +81,8 @@ class RequestReader:
 
     __slots__ = ("_parser", "_url", "_headers", "_size", "_max_field", "_max_head", "_max_headers", "_in_message",
                  "_head_done", "_line_checked", "events", "raw", "raw_known", "_begun_in_feed", "_lead",
-                 "_framing", "_skipped_body", "_priming", "_keep_alive", "_closed", "_raw_headers", "_pending_head")
+                 "_framing", "_skipped_body", "_priming", "_keep_alive", "_closed", "_raw_headers", "_pending_head",
+                 "_feeding")
 
     def __init__(self, max_field_bytes: int, max_headers: int) -> None:
         self._parser = httptools.HttpRequestParser(self)
@@ -91,6 +92,7 @@ class RequestReader:
         self._headers: list[tuple[str, str]] = []
         self._raw_headers: list[tuple[bytes, bytes]] = []
         self._pending_head = 0  # bytes fed while the current head is incomplete
+        self._feeding = 0  # the length of the bytes being fed
         self._size = 0  # trailer bytes of the current request
         self._in_message = False  # between a request's first byte and its last
         self._head_done = False
@@ -115,6 +117,7 @@ class RequestReader:
         """Parse ``data``; raises MalformedRequest (the connection is then unusable)."""
         if self._closed:
             return
+        self._feeding = len(data)
         at_boundary = self.idle
         if at_boundary:
             if self._lead is not None:
@@ -187,8 +190,11 @@ class RequestReader:
             raise HeadTooLarge(f"request target over {limit} bytes")
         if len(self._raw_headers) > self._max_headers:
             raise HeadTooLarge(f"more than {self._max_headers} header fields")
-        if any(len(name) + len(value) > limit for name, value in self._raw_headers):
-            raise HeadTooLarge(f"a header field over {limit} bytes")
+        if self._pending_head + self._feeding <= limit:
+            return  # the whole head came in fewer bytes than one field may hold
+        for name, value in self._raw_headers:
+            if len(name) + len(value) > limit:
+                raise HeadTooLarge(f"a header field over {limit} bytes")
 
     def on_headers_complete(self) -> None:
         if self._priming:

@@ -68,6 +68,7 @@ class Front:
         self.connections: set[FrontConnection] = set()
         self.closing = False
         self._server: asyncio.AbstractServer | None = None
+        self._sweeper: asyncio.Task[None] | None = None
         self._addresses: dict[str, tuple[str, int, bool, str]] = {}
         self._limits: tuple[Config, Limits] | None = None
 
@@ -75,7 +76,24 @@ class Front:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(lambda: FrontConnection(self), host, port, backlog=backlog,
                                                 reuse_address=True)
+        self._sweeper = loop.create_task(self._fire_timers())
         return self._server.sockets[0].getsockname()[1]
+
+    async def _fire_timers(self) -> None:
+        """The machines' timers, fired by one sweep over the connections (a quarter of the
+        shortest timeout apart, within 5 ms and 1 s): no timer handle per request."""
+        while True:
+            options = self.ctx.config.balancer
+            shortest = min(options.client_idle_timeout_s, options.client_header_timeout_s,
+                           options.upstream_idle_timeout_s or 4.0)
+            await asyncio.sleep(min(max(shortest / 4, 0.005), 1.0))
+            now = time.monotonic()
+            for conn in [c for c in self.connections if c.deadlines]:
+                deadlines = conn.deadlines
+                for timer, at in list(deadlines.items()):
+                    if at <= now and deadlines.get(timer) == at:
+                        del deadlines[timer]
+                        conn.fire(timer, now)
 
     def limits(self) -> Limits:
         """The machine's limits from the current config (rebuilt once per reload)."""
@@ -98,6 +116,8 @@ class Front:
     def stop_listening(self) -> None:
         """No new connections; idle ones close, busy ones close after their answer."""
         self.closing = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         if self._server is not None:
             self._server.close()
         for conn in list(self.connections):
@@ -136,7 +156,7 @@ class FrontConnection(asyncio.Protocol):
         self.peer: str | None = None
         self.task: asyncio.Task[None] | None = None  # the routing of the request being served
         self.upstream: UpstreamConnection | None = None  # the backend connection of the attempt under way
-        self._timers: dict[Timer, asyncio.TimerHandle] = {}
+        self.deadlines: dict[Timer, float] = {}  # the machine's timers (Front._fire_timers fires them)
         self._waiter: asyncio.Future[tuple[Outcome, AttemptReport]] | None = None
         self._cors: tuple[str, ...] = ()  # CORS header lines for the answer being served (cors_origins)
         self._ex: Exchange | None = None  # the record of the attempt under way
@@ -214,19 +234,13 @@ class FrontConnection(asyncio.Protocol):
             self.transport.resume_reading()
 
     def set_timer(self, timer: Timer, seconds: float) -> None:
-        old = self._timers.pop(timer, None)
-        if old is not None:
-            old.cancel()
-        self._timers[timer] = asyncio.get_running_loop().call_later(seconds, self._fire, timer)
+        self.deadlines[timer] = time.monotonic() + seconds
 
     def cancel_timer(self, timer: Timer) -> None:
-        handle = self._timers.pop(timer, None)
-        if handle is not None:
-            handle.cancel()
+        self.deadlines.pop(timer, None)
 
-    def _fire(self, timer: Timer) -> None:
-        self._timers.pop(timer, None)
-        self._guarded(self.machine.timer_fired, timer, time.monotonic())
+    def fire(self, timer: Timer, now: float) -> None:
+        self._guarded(self.machine.timer_fired, timer, now)
 
     def refused(self, error: BalancerError) -> None:
         if error.status == 408:
@@ -306,9 +320,23 @@ class FrontConnection(asyncio.Protocol):
                        ex.request_id, front.pool.idle_timeout_s, self._cors,
                        is_cors_header if options.cors_origins else None, UsageTail(tail))
         fresh = False
+        pool = front.pool
         while True:
-            conn = await front.pool.acquire(host, port, tls, name, where, fresh)
-            outcome, report = await self._run_attempt(conn, spec)
+            conn = (None if fresh else pool.pooled(host, port, tls, name)) or await pool.connect(host, port, tls,
+                                                                                                  name, where)
+            if self.machine.state is not State.ROUTING:  # the client left while we connected
+                conn.release(False, None)
+                raise ConnectionResetError("the client went away")
+            waiter = self._waiter = asyncio.get_running_loop().create_future()
+            self.upstream = conn
+            conn.attach(self.machine)
+            self.machine.begin_attempt(spec, time.monotonic())
+            try:
+                outcome, report = await waiter
+            except asyncio.CancelledError:
+                if not waiter.done():  # cancelled under way (the balancer stops): nothing left behind
+                    self.machine.client_gone()
+                raise
             if outcome is Outcome.DONE or outcome is Outcome.BROKEN:
                 if outcome is Outcome.BROKEN:
                     log.warning("answer from %s broke off: %s", name, report.error.message if report.error else "")
@@ -322,22 +350,6 @@ class FrontConnection(asyncio.Protocol):
                 fresh = True  # a pooled connection the backend had closed: once more on a new one
                 continue
             raise type(error)(f"{where} {error.message}", kind=error.kind, server=name)
-
-    async def _run_attempt(self, conn: UpstreamConnection, spec: Attempt) -> tuple[Outcome, AttemptReport]:
-        """Hand the request to the machine over ``conn``; its outcome (never ANSWERED)."""
-        if self.machine.state is not State.ROUTING:  # the client left while we connected
-            conn.release(False, None)
-            raise ConnectionResetError("the client went away")
-        waiter = self._waiter = asyncio.get_running_loop().create_future()
-        self.upstream = conn
-        conn.attach(self.machine)
-        self.machine.begin_attempt(spec, time.monotonic())
-        try:
-            return await waiter
-        except asyncio.CancelledError:
-            if not waiter.done():  # cancelled under way (the balancer stops): nothing left behind
-                self.machine.client_gone()
-            raise
 
     # -- Effects: the backend
 

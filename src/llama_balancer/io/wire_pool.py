@@ -54,13 +54,17 @@ class WirePool:
     def server_of(self, key: tuple[str, int, bool]) -> str | None:
         return self._names.get(key)
 
-    async def acquire(self, host: str, port: int, tls: bool, server: str, where: str,
-                      fresh: bool = False) -> UpstreamConnection:
-        """A pooled connection to the address (a new one when none idles, or ``fresh``)."""
+    def pooled(self, host: str, port: int, tls: bool, server: str) -> UpstreamConnection | None:
+        """An idle connection to the address, if one is kept (no await: the common case)."""
         key = (host, port, tls)
         self._names[key] = server
-        conn = None if fresh else self._pooled(key)
-        return conn if conn is not None else await self._connect(key, where)
+        return self._pooled(key)
+
+    async def connect(self, host: str, port: int, tls: bool, server: str, where: str) -> UpstreamConnection:
+        """A new connection to the address (waiting for a place under the limit)."""
+        key = (host, port, tls)
+        self._names[key] = server
+        return await self._connect(key, where)
 
     def _pooled(self, key: tuple[str, int, bool]) -> UpstreamConnection | None:
         idle = self._idle.get(key)
