@@ -8,7 +8,8 @@ import pytest
 
 from llama_balancer.core.errors import BalancerError, NoBackend, UpstreamError
 from llama_balancer.core.usage import UsageTail
-from llama_balancer.h1.exchange import Attempt, ExchangeMachine, Limits, Outcome, State, Timer
+from llama_balancer.h1.contract import Attempt, Limits, Outcome, State, Timer
+from llama_balancer.h1.exchange import ExchangeMachine
 from llama_balancer.h1.requests import RequestHead
 
 CHAT = b'{"model":"m","messages":[]}'

@@ -31,7 +31,8 @@ from ..core.cors import is_cors_header
 from ..core.errors import BalancerError, UpstreamError
 from ..core.usage import UsageTail
 from ..h1.answers import error_bytes, request_bytes
-from ..h1.exchange import Attempt, AttemptReport, ExchangeMachine, Limits, Outcome, State, Timer
+from ..h1.contract import Attempt, AttemptReport, Limits, Outcome, State, Timer
+from ..h1.exchange import ExchangeMachine
 from ..h1.requests import RequestHead
 from ..io.wire import UpstreamConnection
 from ..io.wire_pool import WirePool
