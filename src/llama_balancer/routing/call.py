@@ -60,25 +60,21 @@ class Call:
 
 
 class Answered(Protocol):
-    """What an attempt calls once the backend's answer head is in, before relaying it: the
-    one retry decision on an answer's status, for every data path.
+    """What an attempt asks once the backend's answer head is in, before relaying it: the
+    one retry decision on an answer's status.
 
-    ``answered(status)`` raises RetryElsewhere for a status retried elsewhere (unless this
-    is the last try), else accepts the answer: the success is recorded (circuit count reset,
-    sticky binding made). ``answered()`` without a status only accepts. ``accept(status)`` is
-    the same decision as a bool, for a data path that must not raise there (a sans-IO
-    exchange): False ends the try, and once the attempt returns the router tries elsewhere."""
-
-    def __call__(self, status: int | None = None) -> None: ...
+    ``accept(status)`` is False for a status retried elsewhere (unless this is the last try):
+    the try ends, and once the attempt returns the router tries elsewhere. True accepts the
+    answer: the success is recorded (circuit count reset, sticky binding made)."""
 
     def accept(self, status: int) -> bool: ...
 
 
 class Attempt(Protocol, Generic[R]):
-    """Send ``body`` to ``server`` and relay its answer to the client. Before relaying it calls
-    ``answered(status)``, which raises RetryElsewhere for a retryable status unless
-    ``last_try``; an UpstreamError before the answer started propagates (the router turns it
-    into a retry, or gives up on the last try)."""
+    """Send ``body`` to ``server`` and relay its answer to the client. Before relaying it asks
+    ``answered.accept(status)``, and returns without relaying when that is False; an
+    UpstreamError before the answer started propagates (the router turns it into a retry,
+    or gives up on the last try)."""
 
     def __call__(self, server: ServerConfig, call: Call, headers: CIMultiDict[str], body: bytes, ex: Exchange,
                  last_try: bool, answered: Answered) -> Awaitable[R]: ...

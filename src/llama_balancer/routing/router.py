@@ -187,13 +187,6 @@ class _Answered:
         self.accepted = False
         self.refused: int | None = None  # a status accept() turned down
 
-    def __call__(self, status: int | None = None) -> None:
-        if status is not None and not self.accept(status):
-            self.refused = None  # raised here, not left for the router to find
-            raise RetryElsewhere(self._ex.server or "", f"http_{status}", None)
-        if status is None:
-            self._accepted()
-
     def accept(self, status: int) -> bool:
         if not self.accepted and not self._last_try and status in self._retry_statuses:
             self.refused = status
