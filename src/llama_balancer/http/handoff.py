@@ -96,7 +96,7 @@ class HandedOff(asyncio.Protocol):
         """What of ``data`` aiohttp gets: nothing when the connection goes back to the front."""
         requests = self._requests
         assert requests is not None and self._wants is not None
-        if requests.idle and self._seen == self._answered and not self.busy and not self.closing:
+        if requests.idle and not self.closing:  # this read begins a request
             data = self._held + data
             line_end = data.find(b"\n", 0, LINE_BYTES)
             if line_end < 0 and len(data) < LINE_BYTES:
@@ -104,7 +104,10 @@ class HandedOff(asyncio.Protocol):
                 return b""
             self._held = b""
             if line_end >= 0 and self._wants(data[:line_end]):
-                self._give_back(data)
+                if self._seen == self._answered and not self.busy:
+                    self._give_back(data)
+                else:  # aiohttp is still finishing its answer (its task's end is not in yet)
+                    self._held = data  # request_done gives it back
                 return b""
         try:
             requests.feed(data)
@@ -135,6 +138,14 @@ class HandedOff(asyncio.Protocol):
         self.busy = False  # the next byte starts the next head's clock
         self._answered += 1
         self.closing = self.closing or not keep_alive
+        held = self._held
+        if held and self._requests is not None and self._seen == self._answered:
+            line_end = held.find(b"\n", 0, LINE_BYTES)
+            if line_end >= 0 and self._wants is not None and self._wants(held[:line_end]):
+                self._held = b""
+                if self.closing:  # aiohttp's answer closes the connection: nothing more is served
+                    return
+                self._give_back(held)
 
     # -- the deadline
 
