@@ -80,7 +80,7 @@ class RequestReader:
     """llhttp over one connection's request bytes; ``events`` holds what it found, in order."""
 
     __slots__ = ("_parser", "_url", "_headers", "_size", "_max_field", "_max_head", "_max_headers", "_in_message",
-                 "_head_done", "_line_checked", "events", "raw", "raw_known", "_begun_in_feed", "_lead",
+                 "_head_done", "_line_checked", "events", "raw", "raw_known", "_lead",
                  "_framing", "_skipped_body", "_priming", "_keep_alive", "_closed", "_raw_headers", "_pending_head",
                  "_feeding")
 
@@ -100,7 +100,6 @@ class RequestReader:
         self.events: deque[Event] = deque()
         self.raw = bytearray()  # the current request's bytes as sent, while raw_known
         self.raw_known = False  # the current request began at the start of a feed
-        self._begun_in_feed = False
         self._lead: bytes | None = b""  # the CR/LF bytes before the first request (None once it began)
         self._framing = b""  # the current request's framing header, as a head line
         self._skipped_body = False  # llhttp skipped the current request's body (see _read_skipped_body)
@@ -122,7 +121,7 @@ class RequestReader:
         if at_boundary:
             if self._lead is not None:
                 self._check_lead(data)
-            self.raw_known, self._begun_in_feed = True, False
+            self.raw_known = True
             self.raw.clear()
         if self.raw_known:
             self.raw += data
@@ -166,7 +165,6 @@ class RequestReader:
         self._lead = None
         # A second request in one feed: where it began is unknown. ``raw`` (from the first
         # one's first byte on) stays right for the first, until keep_raw(False) lets it go.
-        self._begun_in_feed = True
         self._in_message, self._head_done, self._line_checked = True, False, False
         self._url, self._raw_headers, self._size = b"", [], 0
 
