@@ -15,9 +15,10 @@ Bodies are timed where they are read (``body.body_chunks``): only the time spent
 for the client counts there, not a slow backend holding the upload back.
 
 A model endpoint's request that arrives on such a connection goes back to the front, which
-alone serves those (one data path): when aiohttp has answered every request it read and a
-new read begins with a request line the front serves (``wants``), aiohttp's handler is let
-go and the connection, with that read, returns to the front (``take_back``). A llhttp reader
+alone serves those (one data path): when a new read begins with a request line the front
+serves (``wants``) and aiohttp has answered every request it read (else the read is held
+until ``request_done`` says so), aiohttp's handler is let go and the connection, with that
+read, returns to the front (``take_back``). A llhttp reader
 follows the connection's requests to know where each begins. One pipelined in a read
 behind another request stays with aiohttp, which answers it 421 (send it again, on another
 connection) and closes.
@@ -50,7 +51,8 @@ class HandedOff(asyncio.Protocol):
         self._take_back, self._wants = take_back, wants
         self._requests: RequestReader | None = RequestReader(LINE_BYTES, 1 << 16) if take_back else None
         self._seen = self._answered = 0  # requests read in full; answers aiohttp finished
-        self._held = b""  # the start of a read whose request line is not complete yet
+        self._held = b""  # a read whose request line is not complete yet, or a model request
+        # waiting for aiohttp's last answer to end
         self.header_timeout = header_timeout  # read when a head starts: a reload applies at once
         self.transport: asyncio.Transport | None = None
         self.busy = False  # a request is being handled, or its answer written

@@ -1,6 +1,6 @@
 """The pool of upstream connections (``wire.UpstreamConnection``): keep-alive per backend
 address, bounded in all. (A pooled connection the backend had closed is replaced once by the
-front's attempt, ``acquire(fresh=True)``, before it counts as a failure.)"""
+front's attempt with a new one from ``connect``, before it counts as a failure.)"""
 from __future__ import annotations
 
 import asyncio
