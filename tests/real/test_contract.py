@@ -127,6 +127,13 @@ def assert_same_named_stream(real: Answer, sim: Answer) -> tuple[list[Any], list
 
 # --- talking to both ----------------------------------------------------------------------
 
+def fresh_connections() -> aiohttp.ClientSession:
+    """A client that opens a connection per request: llama-server (cpp-httplib) may close an
+    idle keep-alive connection just as the next request goes out on it (CI saw "Server
+    disconnected" on the second of two streams); these tests compare shapes, not reuse."""
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True))
+
+
 @dataclass
 class Pair:
     real: str
@@ -152,7 +159,7 @@ class Pair:
 async def pair(llama_servers, sims):
     real = llama_servers("contract")
     sim = await sims(**SIM_SETTINGS)
-    async with aiohttp.ClientSession() as session:
+    async with fresh_connections() as session:
         yield Pair(real.url, sim.url, session)
 
 
@@ -226,7 +233,7 @@ async def test_busy_slots_metrics_and_no_slot_error_have_the_real_shape(llama_se
     real_url = llama_servers("contract").url
     sim = await sims(**SIM_SETTINGS, fast=False, chunk_delay_s=0.01, prompt_tps=1e9)
     long = NATIVE | {"n_predict": 3000, "stream": True}
-    async with aiohttp.ClientSession() as session:
+    async with fresh_connections() as session:
         pair = Pair(real_url, sim.url, session)
         streams = []
         try:
@@ -387,7 +394,7 @@ async def test_id_slot_pins_a_response_but_not_a_message(llama_servers, sims):
     the sim ignores it there too: tests/sim/test_sim_apis.py)."""
     real = llama_servers("contract")
     sim = await sims(**SIM_SETTINGS)
-    async with aiohttp.ClientSession() as session:
+    async with fresh_connections() as session:
         pair = Pair(real.url, sim.url, session)
         for path, body in (("/v1/responses", RESPONSES), ("/v1/messages", MESSAGES)):
             before = real.log().count("selected slot by id (1)")
