@@ -633,10 +633,11 @@ async def test_a_server_killed_mid_traffic_fails_only_the_streams_it_was_sending
     started answering from A succeeds whole — those caught before their first byte are retried
     on B — and the only client errors are streams A was sending: each ends in a connection
     error (never a clean end that looks complete), and the balancer's access log shows it on
-    A with its first byte sent and the outcome ``upstream_error``."""
+    A with its first byte sent and the outcome ``upstream_error``. With ``resume: off``;
+    tests/real/test_real_resume.py kills servers with resume on (every stream completes)."""
     a, b = llama_servers("A"), llama_servers("B")
     access = tmp_path / "access.jsonl"
-    runtime = await balancer(seed_config(a, b, access_log=str(access)))
+    runtime = await balancer(seed_config(a, b, access_log=str(access), resume="off"))
     await detected(runtime, "A", "B")
     client = sdk(runtime)
     total, concurrency, max_tokens = 60, 4, 120

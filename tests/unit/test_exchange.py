@@ -465,3 +465,131 @@ def test_connection_close_from_the_client_closes_after_the_answer():
     assert b"Connection: close" in fx.written()
     m.request_done()
     assert fx.log[-1] == ("close", False)
+
+
+# -- a stream relayed event by event (resume)
+
+from llama_balancer.core.resume import StreamLog  # noqa: E402
+from llama_balancer.h1.relay import EventRelay  # noqa: E402
+
+ROLE = b'data: {"choices":[{"index":0,"delta":{"role":"assistant"}}],"id":"c1","created":1,"model":"m"}\n\n'
+TOKEN = b'data: {"choices":[{"index":0,"delta":{"content":"x"}}],"id":"c1","created":1,"model":"m"}\n\n'
+FINISH = b'data: {"choices":[{"index":0,"delta":{},"finish_reason":"length"}],"id":"c1","created":1,"model":"m"}\n\n'
+CONTINUED = b'data: {"choices":[{"text":"y","index":0,"finish_reason":null}],"id":"c2","created":2,"model":"m"}\n\n'
+
+
+def chunk(data: bytes) -> bytes:
+    return b"%x\r\n%b\r\n" % (len(data), data)
+
+
+def relayed(log: StreamLog | None = None) -> tuple[ExchangeMachine, FakeEffects, EventRelay]:
+    """A machine relaying a stream event by event, its role and first token sent."""
+    m, fx = machine()
+    served(m, fx)
+    relay = EventRelay(log or StreamLog("chat"))
+    m.begin_attempt(Attempt(b"UPSTREAM REQUEST", lambda status: True, "rid", 30.0, relay=relay), 0.0)
+    m.upstream_data(SSE_HEAD + chunk(ROLE) + chunk(TOKEN), 0.0)
+    return m, fx, relay
+
+
+def test_a_relayed_stream_goes_out_in_whole_events_each_in_a_chunk_of_ours():
+    m, fx, relay = relayed()
+    written = fx.written()
+    assert written.endswith(chunk(ROLE) + chunk(TOKEN)) and b"Transfer-Encoding: chunked" in written
+    fx.clear()
+    m.upstream_data(chunk(TOKEN[:20]), 0.0)  # half an event: held back
+    assert fx.written() == b""
+    m.upstream_data(chunk(TOKEN[20:]) + chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n", 0.0)
+    assert fx.written() == chunk(TOKEN) + chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n"
+    assert outcomes(fx) == [Outcome.DONE] and m.state is State.ANSWERED and relay.log.generated == 2
+
+
+def test_a_stream_broken_at_any_byte_goes_back_to_routing_with_whole_events_sent_and_the_connection_open():
+    m, fx, relay = relayed()
+    fx.clear()
+    m.upstream_data(chunk(TOKEN)[:30], 0.0)  # the backend dies mid-event
+    m.upstream_closed("reset")
+    assert fx.written() == b"" and not fx.of("close")
+    (over,) = fx.of("attempt_over")
+    assert over[1] is Outcome.BROKEN and over[2].resumable and m.resuming and m.state is State.ROUTING
+    assert relay.log.generated == 1 and not m.may_answer
+
+
+def test_a_continuation_follows_in_the_same_stream_without_a_second_head():
+    m, fx, relay = relayed()
+    m.upstream_closed("reset")
+    relay.resume()
+    fx.clear()
+    m.begin_attempt(Attempt(b"CONTINUATION", lambda status: True, "rid", 30.0, relay=relay), 1.0)
+    assert fx.of("send_upstream") == [("send_upstream", b"CONTINUATION")]
+    m.upstream_data(SSE_HEAD + chunk(CONTINUED) + chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n", 1.0)
+    written = fx.written()
+    assert b"HTTP/1.1" not in written and written.endswith(b"0\r\n\r\n")
+    assert b'"content":"y"' in written and b'"id":"c1"' in written and b'"c2"' not in written
+    assert outcomes(fx) == [Outcome.ANSWERED, Outcome.DONE] and relay.log.text == "xy"
+
+
+def test_a_continuation_that_is_not_a_stream_fails_and_the_router_may_try_another():
+    m, fx, relay = relayed()
+    m.upstream_closed("reset")
+    relay.resume()
+    fx.clear()
+    m.begin_attempt(Attempt(b"CONTINUATION", lambda status: True, "rid", 30.0, relay=relay), 1.0)
+    m.upstream_data(UNAVAILABLE, 1.0)
+    (over,) = fx.of("attempt_over")
+    assert over[1] is Outcome.FAILED and "HTTP 503" in over[2].error.message and fx.written() == b""
+    m.fail(UpstreamError("no server could continue it", kind="resume"), "rid")  # the router gives up
+    written = fx.written()
+    size, _, event = written.partition(b"\r\n")
+    assert event.startswith(b'data: {"error"') and len(event) == int(size, 16) + 2 and b"no server could" in event
+    assert fx.log[-1] == ("close", False) and m.state is State.CLOSED  # not aborted: the event must arrive
+
+
+def test_a_stream_that_cannot_be_resumed_ends_with_an_error_event_and_a_close_without_the_terminator():
+    log = StreamLog("chat")
+    log.blocked = "the request asks for tools"
+    m, fx, _ = relayed(log)
+    fx.clear()
+    m.upstream_closed("reset")
+    written = fx.written()
+    assert b'data: {"error"' in written and not written.endswith(b"0\r\n\r\n")
+    assert outcomes(fx) == [Outcome.BROKEN] and not fx.of("attempt_over")[0][2].resumable
+    assert fx.log[-1] == ("close", False) and m.state is State.CLOSED
+
+
+def test_a_stream_broken_after_its_finish_is_complete_as_it_is():
+    m, fx, _ = relayed()
+    m.upstream_data(chunk(FINISH), 0.0)
+    fx.clear()
+    m.upstream_closed("reset")
+    assert fx.written() == chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n"
+    assert outcomes(fx) == [Outcome.DONE] and m.state is State.ANSWERED
+    m.request_done()
+    assert m.state is State.IDLE  # the stream ended well: the connection is kept
+
+
+def test_a_stalled_stream_is_resumed_like_a_broken_one():
+    m, fx, _ = relayed()
+    fx.clear()
+    m.timer_fired(Timer.UPSTREAM, 31.0)
+    (over,) = fx.of("attempt_over")
+    assert over[1] is Outcome.BROKEN and over[2].resumable and over[2].kind == "timeout" and m.resuming
+
+
+def test_the_client_leaving_while_its_stream_waits_for_a_continuation_ends_everything():
+    m, fx, _ = relayed()
+    m.upstream_closed("reset")
+    fx.clear()
+    m.client_gone()
+    assert m.state is State.CLOSED and not fx.of("attempt_over") and not fx.of("write")
+
+
+def test_a_stream_relay_that_did_not_happen_reframes_a_chunked_answer():
+    m, fx = machine()
+    served(m, fx)
+    relay = EventRelay(StreamLog("chat"))
+    m.begin_attempt(Attempt(b"UPSTREAM REQUEST", lambda status: True, "rid", 30.0, relay=relay), 0.0)
+    m.upstream_data(b"HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\n"
+                    b"Transfer-Encoding: chunked\r\n\r\n" + chunk(b'{"error":1}') + b"0\r\n\r\n", 0.0)
+    assert fx.written().endswith(b"\r\n\r\n" + chunk(b'{"error":1}') + b"0\r\n\r\n")
+    assert outcomes(fx) == [Outcome.ANSWERED, Outcome.DONE]

@@ -182,6 +182,10 @@ class BalancerOptions(BaseModel):
     # Browser origins (scheme://host[:port]) allowed to call the API, or "*"; preflights are
     # then answered by the balancer. Empty: CORS is the backends' business, as before.
     cors_origins: list[str] = Field(default_factory=list)
+    # A streamed chat or text completion from a llama-server that breaks after bytes reached
+    # the client is continued on another server of its model ("on"), or ends with an SSE
+    # error event as before ("off"); a request opts out with "X-Balancer-Resume: off".
+    resume: Literal["on", "off"] = "on"
     routing: RoutingOptions = Field(default_factory=RoutingOptions)
     shared_state: SharedStateOptions | None = None  # absent: one process, state in memory
 

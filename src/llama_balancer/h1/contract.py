@@ -12,6 +12,7 @@ from typing import Callable, Protocol
 
 from ..core.errors import BalancerError, UpstreamError
 from ..core.usage import UsageTail
+from .relay import EventRelay
 from .requests import RequestHead
 
 
@@ -66,6 +67,8 @@ class Attempt:
     extra_lines: tuple[str, ...] = ()  # header lines of ours for the client's head (CORS)
     drop_header: Callable[[str], bool] | None = None  # backend header lines ours replace
     tail: UsageTail | None = None
+    relay: EventRelay | None = None  # a stream that may be resumed: relayed event by event
+
 
 
 @dataclass(slots=True)
@@ -80,6 +83,7 @@ class AttemptReport:
     got_bytes: bool = False  # the backend sent anything (a reused connection that sent nothing was stale)
     reusable: bool = False
     keepalive_s: float | None = None  # the backend's Keep-Alive timeout
+    resumable: bool = False  # BROKEN: the client has whole events only, another server may continue
 
 
 class Effects(Protocol):

@@ -19,7 +19,11 @@ The states (``State``), one request at a time, in order:
   may take the request.
 - ``RELAYING``: the answer's head went to the client; its bytes pass as they come. From here
   on nothing is retried: a broken answer aborts the client connection, so no truncated
-  answer ever looks complete.
+  answer ever looks complete. Except a stream relayed event by event (``Attempt.relay``,
+  ``relay.py``): broken while it can be resumed, it goes back to ``ROUTING`` with its head
+  sent, and the routing layer starts a continuation on another backend (``begin_attempt``
+  again), whose events follow in the same stream; one that cannot ends with an SSE error
+  event, then the close.
 - ``ANSWERED``: the answer is out; the routing layer finishes its bookkeeping
   (``request_done``), then the next request, or the close.
 - ``CLOSED``, ``HANDED_OFF``: final.
@@ -35,6 +39,10 @@ from .contract import Attempt, AttemptReport, Effects, Limits, Outcome, State, T
 from .requests import END, Body, MalformedRequest, RequestHead, RequestReader
 
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+# How an answer's body goes to the client: as the backend framed it; event by event through
+# the attempt's relay (resumable streams); or de-chunked for a relay that did not happen and
+# chunked again.
+_RAW, _EVENTS, _FRAMED = "raw", "events", "framed"
 
 
 @dataclass(slots=True)
@@ -67,6 +75,7 @@ class ExchangeMachine:
         self._head_sent = False  # some answer's head went to the client for the current request
         self._attempt: Attempt | None = None
         self._answer: AnswerReader | None = None
+        self._mode = _RAW  # how the answer's body goes to the client (_RAW, _EVENTS, _FRAMED)
         self._report = AttemptReport()
         self._last_upstream = 0.0
         self._reads = 0  # client reads so far (the idle timer's measure of silence)
@@ -77,6 +86,11 @@ class ExchangeMachine:
     def may_answer(self) -> bool:
         """No answer of the current request has begun: an error answer may still be written."""
         return not self._head_sent and self.state not in (State.RELAYING, State.CLOSED, State.HANDED_OFF)
+
+    @property
+    def resuming(self) -> bool:
+        """A stream broke after its head went out and waits for a continuation (``begin_attempt``)."""
+        return self.state is State.ROUTING and self._head_sent
 
     # -- the client side
 
@@ -149,7 +163,7 @@ class ExchangeMachine:
         self.state = State.SENT
         self._attempt = attempt
         self._report = AttemptReport()
-        dechunk = self._request is not None and self._request.head.version == "1.0"
+        dechunk = attempt.relay is not None or (self._request is not None and self._request.head.version == "1.0")
         self._answer = AnswerReader(attempt.tail, dechunk=dechunk)
         self._last_upstream = now
         if attempt.idle_timeout_s is not None:
@@ -166,7 +180,7 @@ class ExchangeMachine:
         if self._answer is not None:  # the routing layer gave up on an attempt under way
             self._end_attempt(Outcome.BROKEN if self._head_sent else Outcome.FAILED, reuse=False)
         if self._head_sent:  # an answer began: cutting the connection is the only honest end
-            self._close(abort=True)
+            self._broken_off(error)
             return
         close = error.closes or not self._keep_alive or self._closing
         self._head_sent = True
@@ -183,6 +197,7 @@ class ExchangeMachine:
             return
         self._request = None
         self._head_sent = False
+        self._mode = _RAW
         if not self._keep_alive or self._closing:
             self._close(abort=False)
             return
@@ -218,13 +233,20 @@ class ExchangeMachine:
             head = answer.head
             if head is None:
                 return
-            if not self._accept(head):
+            if self._head_sent:  # a continuation: the client has its head already
+                if not self._continues(head):
+                    return
+            elif not self._accept(head):
                 return
-            self._answer_started(head, body, now)
-        elif body:
+            else:
+                self._answer_started(head, body, now)
+                body = b""
+        if body:
             if self._report.first_byte is None:
                 self._report.first_byte = now
-            self.fx.write(body)
+            out = self._out(body)
+            if out:
+                self.fx.write(out)
         if answer.complete:
             self._answer_complete()
 
@@ -378,20 +400,52 @@ class ExchangeMachine:
         if attempt.drop_header is not None:
             relayed = [line for line in relayed if not attempt.drop_header(line.partition(":")[0])]
             head.relayed = relayed
-        dechunked = request.head.version == "1.0" and head.chunked
+        http10 = request.head.version == "1.0"
+        dechunked = http10 and head.chunked
+        relay = attempt.relay
+        if relay is not None and head.status == 200 and head.event_stream and (head.chunked or http10):
+            self._mode, relay.framed = _EVENTS, not http10
+        elif relay is not None and head.chunked and not http10:
+            self._mode = _FRAMED  # read de-chunked for a relay that did not happen: chunked again
         keep = self._keep_alive and not dechunked and not self._closing
         client, self._keep_alive = client_head(head, attempt.request_id, keep, attempt.extra_lines, dechunked)
         self._head_sent = True
         self.fx.attempt_over(Outcome.ANSWERED, self._report)
-        if body:
+        out = self._out(body) if body else b""
+        if out:
             self._report.first_byte = now
-            self.fx.write(client + body)
-        else:
-            self.fx.write(client)
+        self.fx.write(client + out if out else client)
+
+    def _continues(self, head: AnswerHead) -> bool:
+        """Whether a continuation's answer can follow the stream the client has."""
+        attempt = self._attempt
+        assert attempt is not None
+        report = self._report
+        report.status, report.streamed, report.keepalive_s = head.status, head.event_stream, head.keepalive_s
+        if head.status != 200 or not head.event_stream or not head.chunked:
+            self._upstream_failed(UpstreamError(f"answered HTTP {head.status} to the continuation", kind="resume"))
+            return False
+        attempt.accept(head.status)
+        self.state, self._mode = State.RELAYING, _EVENTS
+        self.fx.attempt_over(Outcome.ANSWERED, report)
+        return True
+
+    def _out(self, body: bytes) -> bytes:
+        """An answer's body bytes as the client gets them."""
+        mode = self._mode
+        if mode is _RAW:
+            return body
+        if mode is _EVENTS:
+            relay = self._attempt.relay if self._attempt is not None else None
+            assert relay is not None
+            return relay.feed(body)
+        return b"%x\r\n%b\r\n" % (len(body), body)
 
     def _answer_complete(self) -> None:
         answer = self._answer
         assert answer is not None
+        if self._mode is not _RAW:
+            self._finish_body()
         self._report.reusable = answer.reusable
         self.state = State.ANSWERED
         self._end_attempt(Outcome.DONE, reuse=answer.reusable)
@@ -402,8 +456,40 @@ class ExchangeMachine:
             self.state = State.ROUTING
             self._end_attempt(Outcome.FAILED, reuse=False)
             return
+        relay = self._attempt.relay if self._mode is _EVENTS and self._attempt is not None else None
+        if relay is not None and (relay.log.finish is not None or relay.log.done):
+            self._finish_body(add_done=True)  # it broke after its finish: the stream is complete as it is
+            self.state = State.ANSWERED
+            self._end_attempt(Outcome.DONE, reuse=False)
+            return
+        if relay is not None and relay.log.resumable() is None and not self._closing:
+            self.state = State.ROUTING  # its head is out: the routing layer may start a continuation
+            self._report.resumable = True
+            self._end_attempt(Outcome.BROKEN, reuse=False)
+            return
         self._end_attempt(Outcome.BROKEN, reuse=False)
-        self._close(abort=True)
+        self._broken_off(error)
+
+    def _finish_body(self, add_done: bool = False) -> None:
+        """The end of a body we frame ourselves: a stream's missing [DONE], the terminator."""
+        relay = self._attempt.relay if self._attempt is not None else None
+        if self._mode is _EVENTS and relay is not None:
+            self.fx.write(relay.end(add_done))
+        elif self._mode is _FRAMED:
+            self.fx.write(b"0\r\n\r\n")
+        self._mode = _RAW
+
+    def _broken_off(self, error: BalancerError) -> None:
+        """An answer that began cannot be finished: a stream relayed event by event says so
+        in an SSE error event before the close; any other is cut off (no truncated answer
+        may look complete)."""
+        relay = self._attempt.relay if self._mode is _EVENTS and self._attempt is not None else None
+        if relay is None:
+            self._close(abort=True)
+            return
+        self._mode = _RAW
+        self.fx.write(relay.error_event(error))
+        self._close(abort=False)
 
     def _end_attempt(self, outcome: Outcome, reuse: bool) -> None:
         """The attempt's backend connection goes back (or closes) and the routing layer hears."""

@@ -23,20 +23,24 @@ from secrets import token_hex
 from typing import Callable
 from urllib.parse import urlsplit
 
+import orjson
 from multidict import CIMultiDict
 
 from ..core.auth import bearer_token, from_latin1
 from ..core.config import Config, ServerConfig
 from ..core.cors import is_cors_header
 from ..core.errors import BalancerError, UpstreamError
+from ..core.resume import RESUMABLE_PATHS, TEXT_PATH, StreamLog, continuation, kind_of, refusal, template_request
 from ..core.usage import UsageTail
 from ..h1.answers import error_bytes, request_bytes
 from ..h1.contract import Attempt, AttemptReport, Limits, Outcome, State, Timer
 from ..h1.exchange import ExchangeMachine
+from ..h1.relay import EventRelay
 from ..h1.requests import RequestHead
+from ..io.fetch import fetch_json
 from ..io.wire import UpstreamConnection
 from ..io.wire_pool import WirePool
-from ..routing.call import ROUTED_PATHS, Answered, Call
+from ..routing.call import ROUTED_PATHS, Answered, Call, ResumeElsewhere
 from ..state.exchange import Exchange
 from .context import AppContext
 from .cors import answer_lines
@@ -46,6 +50,7 @@ from .handoff import HandedOff
 log = logging.getLogger("llama_balancer.front")
 
 NATIVE_PATHS = frozenset(ROUTED_PATHS)
+RESUME_HEADER = "X-Balancer-Resume"  # "off": this request's stream is not resumed
 
 
 def is_native(head: RequestHead) -> bool:
@@ -162,6 +167,7 @@ class FrontConnection(asyncio.Protocol):
         self._cors: tuple[str, ...] = ()  # CORS header lines for the answer being served (cors_origins)
         self._ex: Exchange | None = None  # the record of the attempt under way
         self._tail: list[bytes] = []  # its answer's usage tail
+        self._relay: EventRelay | None = None  # the request's stream, when it may be resumed
         self.machine = ExchangeMachine(self, front.limits, is_native, _new_request_id)
 
     # -- asyncio.Protocol: events in
@@ -268,6 +274,7 @@ class FrontConnection(asyncio.Protocol):
     # -- Effects: the routing layer
 
     def serve(self, head: RequestHead, body: bytes, refusal: BalancerError | None) -> None:
+        self._relay = None
         self.task = asyncio.get_running_loop().create_task(self._serve(head, body, refusal))
 
     async def _serve(self, head: RequestHead, body: bytes, refusal: BalancerError | None) -> None:
@@ -314,14 +321,23 @@ class FrontConnection(asyncio.Protocol):
         host, port, tls, host_header = front.address_of(server)
         where = f"backend {name!r} ({server.model_base}{call.path_qs})"
         options = front.ctx.config.balancer
-        tail = self._tail = []
-        self._ex = ex
-        # answered.accept: the router's one retry decision on the status (it records a success)
-        spec = Attempt(request_bytes(call.method, call.path_qs, host_header, headers.items(), body), answered.accept,
-                       ex.request_id, front.pool.idle_timeout_s, self._cors,
-                       is_cors_header if options.cors_origins else None, UsageTail(tail))
-        fresh = False
         pool = front.pool
+        relay = self._relay
+        if self.machine.resuming and relay is not None:  # the stream broke elsewhere: this server continues it
+            request = await self._continuation(relay, server, name, call, headers, body, where)
+        else:
+            request = request_bytes(call.method, call.path_qs, host_header, headers.items(), body)
+            relay = self._relay = self._relay_for(name, call)
+        self._ex = ex
+        if relay is None:
+            self._tail = []
+            tail: UsageTail | None = UsageTail(self._tail)
+        else:  # the relay keeps what the client got, across the servers that served it
+            tail, self._tail = None, relay.tail.pieces if relay.tail is not None else []
+        # answered.accept: the router's one retry decision on the status (it records a success)
+        spec = Attempt(request, answered.accept, ex.request_id, pool.idle_timeout_s, self._cors,
+                       is_cors_header if options.cors_origins else None, tail, relay)
+        fresh = False
         while True:
             conn = (None if fresh else pool.pooled(host, port, tls, name)) or await pool.connect(host, port, tls,
                                                                                                   name, where)
@@ -338,9 +354,13 @@ class FrontConnection(asyncio.Protocol):
                 if not waiter.done():  # cancelled under way (the balancer stops): nothing left behind
                     self.machine.client_gone()
                 raise
+            if outcome is Outcome.BROKEN and report.resumable:
+                raise ResumeElsewhere(name, report.error or UpstreamError("broke off", kind="reset"))
             if outcome is Outcome.DONE or outcome is Outcome.BROKEN:
                 if outcome is Outcome.BROKEN:
                     log.warning("answer from %s broke off: %s", name, report.error.message if report.error else "")
+                    if relay is not None:
+                        front.ctx.metrics.resumes.labels(name, "not_resumable").inc()
                 return
             if outcome is Outcome.CLIENT_GONE:
                 raise ConnectionResetError("the client went away")
@@ -351,6 +371,45 @@ class FrontConnection(asyncio.Protocol):
                 fresh = True  # a pooled connection the backend had closed: once more on a new one
                 continue
             raise type(error)(f"{where} {error.message}", kind=error.kind, server=name)
+
+    def _relay_for(self, name: str, call: Call) -> EventRelay | None:
+        """An event-by-event relay for a stream a llama-server gives, when resume is on: it
+        may be continued elsewhere if it breaks, or ends with an SSE error event if not."""
+        ctx = self.front.ctx
+        if ctx.config.balancer.resume == "off" or call.path not in RESUMABLE_PATHS:
+            return None
+        payload = call.payload
+        if not isinstance(payload, dict) or payload.get("stream") is not True:
+            return None
+        state = ctx.registry.find(name)
+        if state is None or state.kind != "llama.cpp":
+            return None
+        options = payload.get("stream_options")
+        log = StreamLog(kind_of(call.path), isinstance(options, dict) and options.get("include_usage") is True)
+        opted_out = call.headers.get(RESUME_HEADER, "").strip().lower() in ("off", "0", "false", "no")
+        log.blocked = "the client asked for no resume" if opted_out else refusal(call.path, payload)
+        return EventRelay(log, UsageTail([]))
+
+    async def _continuation(self, relay: EventRelay, server: ServerConfig, name: str, call: Call,
+                            headers: CIMultiDict[str], body: bytes, where: str) -> bytes:
+        """The request that continues ``relay``'s stream on ``server``: a text completion of
+        the prompt so far (``core.resume``), a chat's prompt rendered by the server itself."""
+        host, port, tls, host_header = self.front.address_of(server)
+        try:
+            payload = orjson.loads(body)  # as the router made it for this server (model, id_slot)
+        except orjson.JSONDecodeError:
+            payload = call.payload
+        if relay.log.kind == "chat":
+            answer = await fetch_json(self.front.pool, host, port, tls, name, "/apply-template",
+                                      template_request(payload), headers.items(), where)
+            prompt = answer.get("prompt") if isinstance(answer, dict) else None
+            if not isinstance(prompt, str):
+                raise UpstreamError(f"{where} /apply-template gave no prompt", kind="resume", server=name)
+        else:
+            prompt = payload["prompt"]
+        relay.resume()
+        return request_bytes("POST", TEXT_PATH, host_header, headers.items(),
+                             orjson.dumps(continuation(relay.log, payload, prompt)))
 
     # -- Effects: the backend
 
@@ -377,8 +436,10 @@ class FrontConnection(asyncio.Protocol):
         if ex is not None and report.status is not None and outcome is not Outcome.RETRY:
             ex.status, ex.streamed = report.status, report.streamed
             if outcome is not Outcome.ANSWERED:
-                ex.first_byte, ex.tail = report.first_byte, self._tail
-                if outcome is Outcome.BROKEN:
+                ex.tail = self._tail
+                if ex.first_byte is None:  # a resumed stream's first byte came from the first server
+                    ex.first_byte = report.first_byte
+                if outcome is Outcome.BROKEN and not report.resumable:
                     ex.outcome = "upstream_error"
                 elif outcome is Outcome.CLIENT_GONE:
                     ex.outcome = "client_closed"

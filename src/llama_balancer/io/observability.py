@@ -45,6 +45,10 @@ class Metrics:
                                          ["model", "server"], registry=self.prom)
         self.retries = Counter("llama_balancer_retries", "Requests sent again to another backend before the first byte.",
                                ["server", "kind"], registry=self.prom)
+        self.resumes = Counter("llama_balancer_resumes", "Streams broken after their first byte, by what came of "
+                               "them: resumed (another backend continued it), failed (none could), "
+                               "not_resumable (tools, grammar, ...: ended with an error event).",
+                               ["server", "outcome"], registry=self.prom)
         self.failovers = Counter("llama_balancer_failovers", "Requests that succeeded elsewhere after a failure.",
                                  ["from_server", "to_server"], registry=self.prom)
         self.circuit_openings = Counter("llama_balancer_circuit_openings", "Circuits opened after failures in a row.",
@@ -218,6 +222,7 @@ def access_entry(ex: Exchange, wall: float) -> dict:
         "status": ex.status,
         "outcome": ex.outcome,
         "retries": ex.retries,
+        **({"resumed": len(ex.resumed_from), "resumed_from": ex.resumed_from} if ex.resumed_from else {}),
         "queue_wait_ms": round(ex.queue_wait_s * 1000, 1),
         "stream": ex.streamed,
         "ttft_ms": None if ex.ttft_s is None else round(ex.ttft_s * 1000, 1),

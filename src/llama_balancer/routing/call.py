@@ -8,7 +8,7 @@ again. Nothing here knows a socket.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Awaitable, Generic, Protocol, TypeVar
+from typing import Any, Awaitable, Generic, Protocol, TypeVar
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
@@ -31,6 +31,15 @@ SLOT_PINNABLE = frozenset({"/v1/chat/completions", "/v1/completions", "/completi
                            "/v1/responses"})
 
 R = TypeVar("R", covariant=True)
+
+
+class ResumeElsewhere(Exception):
+    """A stream broke after bytes reached the client, at an event boundary the client can be
+    continued from: another backend may continue it (``core.resume``)."""
+
+    def __init__(self, server: str, error: UpstreamError) -> None:
+        super().__init__(error.message)
+        self.server, self.error = server, error
 
 
 class RetryElsewhere(Exception):
@@ -57,6 +66,7 @@ class Call:
     path_qs: str
     headers: CIMultiDict[str] | CIMultiDictProxy[str]
     body: bytes
+    payload: Any = None  # the body as JSON, once the router parsed it
 
 
 class Answered(Protocol):

@@ -11,7 +11,7 @@ from ..io.oplog import Notices, event
 from ..state.exchange import Exchange
 from ..state.queue import WaitQueue
 from ..state.registry import Registry
-from .call import RetryElsewhere
+from .call import ResumeElsewhere, RetryElsewhere
 
 log = logging.getLogger("llama_balancer.routing")
 
@@ -34,6 +34,17 @@ class Notes:
                           "request %s to %s failed before its answer began (%s); trying another backend",
                           ex.request_id, failure.server, reason, request_id=ex.request_id, model=ex.model,
                           server=failure.server, kind=failure.kind, attempt=ex.retries, reason=reason)
+
+    def resume(self, ex: Exchange, broken: ResumeElsewhere) -> None:
+        """A stream broke after its first byte; another backend is to continue it."""
+        state = self.registry.find(broken.server)
+        if state is not None:
+            self.watch.observe(state, broken.error.message)
+        self.notices.emit(log, logging.WARNING, "resume", f"resume:{broken.server}",
+                          "stream %s broke on %s after bytes reached the client (%s); resuming it on another "
+                          "backend", ex.request_id, broken.server, broken.error.message, request_id=ex.request_id,
+                          model=ex.model, server=broken.server, resumes=len(ex.resumed_from),
+                          reason=broken.error.message)
 
     def failover(self, ex: Exchange, first: str, to: str) -> None:
         self.notices.emit(log, logging.INFO, "failover", f"failover:{first}",

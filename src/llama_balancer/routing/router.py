@@ -30,7 +30,7 @@ from ..state.leases import Lease
 from ..state.queue import WaitQueue
 from ..state.registry import Registry
 from ..state.sticky import StickyStore
-from .call import MODEL_REQUIRED, SLOT_PINNABLE, Attempt, Call, RetryElsewhere
+from .call import MODEL_REQUIRED, SLOT_PINNABLE, Attempt, Call, ResumeElsewhere, RetryElsewhere
 from .decide import Placer
 from .notes import Notes
 from .recording import Recorder
@@ -56,7 +56,7 @@ class Router:
     async def route(self, call: Call, ex: Exchange, attempt: Attempt[R]) -> R:
         """Parse, resolve, place and send one model-bearing request; errors propagate as ours."""
         config = self._config()
-        payload = parse_payload(call.body)
+        payload = call.payload = parse_payload(call.body)
         ex.model = model_of(payload, required=call.path in MODEL_REQUIRED)
         ex.user = user_from_request(payload)
         ex.identity = ex.user or ex.ip
@@ -70,6 +70,8 @@ class Router:
         try:
             return await self._place_and_send(call, ex, resolved, attempt)
         except (QueueFullError, QueueTimeout, NoBackend) as exc:
+            if ex.resumed_from:
+                self.metrics.resumes.labels(ex.resumed_from[-1], "failed").inc()
             self.notes.refused(ex, exc)
             raise
 
@@ -80,7 +82,11 @@ class Router:
         if ex.model is not None:
             ex.model_label = self._label(name, ex.model)
         self.notes.decision(ex, None)
-        return await self._send(config, call, ex, config.servers[name], raw, None, True, None, attempt)
+        try:
+            return await self._send(config, call, ex, config.servers[name], raw, None, True, None, attempt)
+        except ResumeElsewhere as broken:  # the fallback is the only server: nobody continues it
+            self.metrics.resumes.labels(broken.server, "failed").inc()
+            raise broken.error from None
 
     async def _place_and_send(self, call: Call, ex: Exchange, resolved: Resolved, attempt: Attempt[R]) -> R:
         """Try placements until one is accepted; each failure excludes its server."""
@@ -105,6 +111,16 @@ class Router:
             try:
                 response = await self._send(config, call, ex, server, body, pinned, last_try, resolved, attempt,
                                             lease)
+            except ResumeElsewhere as broken:
+                self.registry.record_failure(broken.server, routing.circuit_failures, routing.circuit_open_s)
+                ex.resumed_from.append(broken.server)
+                excluded.add(broken.server)
+                if len(excluded) >= len(resolved.candidates or ()):
+                    self.metrics.resumes.labels(broken.server, "failed").inc()
+                    self.notes.gave_up(ex, broken.server, broken.error.message)
+                    raise broken.error from None
+                self.notes.resume(ex, broken)
+                continue
             except RetryElsewhere as failure:
                 self._failed(config, ex, failure)
                 first_failure = first_failure or failure.server
@@ -116,9 +132,14 @@ class Router:
             except UpstreamError as exc:  # the last try failed, or an accepted answer broke off
                 # Counted like any failure: a route's only (or last) server turns suspect and,
                 # failing on, opens its circuit, as the ones retried elsewhere do.
+                if ex.resumed_from:
+                    self.metrics.resumes.labels(ex.resumed_from[-1], "failed").inc()
                 self.registry.record_failure(placed.server, routing.circuit_failures, routing.circuit_open_s)
                 self.notes.gave_up(ex, placed.server, exc.message)
                 raise
+            if ex.resumed_from:
+                outcome = "failed" if ex.outcome == "upstream_error" else "resumed"
+                self.metrics.resumes.labels(ex.resumed_from[-1], outcome).inc()
             if first_failure is not None:
                 self.metrics.failovers.labels(first_failure, placed.server).inc()
                 self.notes.failover(ex, first_failure, placed.server)

@@ -28,6 +28,7 @@ class Exchange:
     ended: float | None = None
     outcome: str = "completed"  # completed | client_closed | upstream_error | rejected
     retries: int = 0
+    resumed_from: list[str] = field(default_factory=list)  # servers whose broken stream another continued
     usage: Usage | None = None
     tail: list[bytes] = field(default_factory=list)
 
