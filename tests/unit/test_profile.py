@@ -29,6 +29,14 @@ def test_anything_else_means_no_agent_runs_there(status, body):
     assert parse_agent_probe(status, body) is None
 
 
+def test_a_5xx_on_the_model_servers_own_port_is_no_agent():
+    """A llama-server loading its model answers 503 everywhere (a restart); health-port =
+    model-port, so nothing but it answers there. On an agent's own port a 5xx is a broken agent."""
+    loading = b'{"error":{"code":503,"message":"Loading model","type":"unavailable_error"}}'
+    assert parse_agent_probe(503, loading, on_model_port=True) is None
+    assert parse_agent_probe(503, loading).status == "invalid"
+
+
 @pytest.mark.parametrize(("model_side", "agent", "expected"), [
     ("idle", "idle", "idle"), ("idle", "busy", "busy"), ("busy", "idle", "busy"),
     ("invalid", "idle", "invalid"), ("idle", "invalid", "invalid"),

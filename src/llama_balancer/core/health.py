@@ -40,15 +40,18 @@ def parse_llmhealth(http_status: int, body: bytes) -> HealthSample:
     return HealthSample(status, util)
 
 
-def parse_agent_probe(http_status: int, body: bytes) -> HealthSample | None:
+def parse_agent_probe(http_status: int, body: bytes, on_model_port: bool = False) -> HealthSample | None:
     """An ``/llmhealth`` answer when it really comes from an agent, else None.
 
     Used where no ``kind`` is configured: a 404 (a plain llama-server on that port), another
     4xx or a body that is neither ``idle``/``busy`` nor JSON with such a ``status`` means no
-    agent runs there, not that the machine is busy. A 5xx is an agent that fails (invalid).
+    agent runs there, not that the machine is busy. A 5xx is an agent that fails (invalid),
+    unless the probe went to the model server's own port (``on_model_port``): a llama-server
+    that is loading its model answers 503 on every path, and taking that for an agent once
+    marked a restarted server invalid for good (its /llmhealth then answers 404).
     """
-    if http_status >= 500:  # something serves /llmhealth and fails: a broken agent
-        return HealthSample("invalid", detail=f"HTTP {http_status}")
+    if http_status >= 500:  # something serves /llmhealth and fails: a broken agent, or a loading model server
+        return None if on_model_port else HealthSample("invalid", detail=f"HTTP {http_status}")
     if http_status != 200:
         return None
     text = body.strip()

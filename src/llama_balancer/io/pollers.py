@@ -99,7 +99,8 @@ class Pollers:
         mark = self._registry.poll_mark(name)
         polled, agent = await asyncio.gather(
             poll_native(self._client, name, server, kind, self._health_timeout),
-            self._probe_agent(server.health_base, name, found.agent_seen) if probe_agent else _nothing())
+            self._probe_agent(server.health_base, name, found.agent_seen, server.health_port == server.model_port)
+            if probe_agent else _nothing())
         if probe_agent:
             self._note_agent(state, agent)
         sample = polled.sample if agent is None else combine(polled.sample, agent)
@@ -107,7 +108,8 @@ class Pollers:
         url = server.health_base + "/llmhealth" if found.agent_seen else server.model_base
         self._registry.record_health(name, sample, url)
 
-    async def _probe_agent(self, health_base: str, name: str, known: bool) -> HealthSample | None:
+    async def _probe_agent(self, health_base: str, name: str, known: bool,
+                           on_model_port: bool) -> HealthSample | None:
         """The agent's sample; None when no agent answers there. Once one has answered, its
         answers are read as the old tool read them (an error is invalid, garbage busy)."""
         if known:
@@ -116,7 +118,7 @@ class Pollers:
             status, body = await self._client.fetch(health_base + "/llmhealth", self._health_timeout, server=name)
         except UpstreamError:
             return None
-        return parse_agent_probe(status, body)
+        return parse_agent_probe(status, body, on_model_port)
 
     def _note_agent(self, state: BackendState, agent: HealthSample | None) -> None:
         found, server = state.discovery, state.server
