@@ -64,6 +64,7 @@ def stats() -> dict[str, Any]:
                           "circuit_openings": {"GPU2": 1}, "queue_timeouts": {LONG_MODEL: 2}},
               "last_1h": {"5xx": {"queue_timeout": 5, "upstream_connect": 1, "backend_500": 2},
                           "4xx": {"queue_full": 4}, "retries": {"GPU2: connect": 9}, "failovers": {"GPU2 → GPU1": 6},
+                          "resumes": {"GPU2: resumed": 3, "GPU2: not_resumable": 1},
                           "circuit_openings": {"GPU2": 2}, "queue_timeouts": {LONG_MODEL: 5},
                           "outcomes": {"client_closed": 7}}}
     return {"window_seconds": 3600, "total_requests": 60, "unique_ips": 1, "unique_models": 2,
@@ -197,11 +198,12 @@ async def test_the_headline_errors_and_tooltips_show_what_the_balancer_reports(s
     counters = await page.eval_on_selector_all(
         "#error-counters .counter", "cs => cs.map(c => [c.dataset.group, c.getAttribute('data-count-5m'), c.getAttribute('data-count-1h')])")
     assert counters == [["4xx", "0", "4"], ["5xx", "3", "8"], ["retries", "3", "9"], ["failovers", "0", "6"],
-                        ["circuit_openings", "1", "2"], ["queue_timeouts", "2", "5"], ["outcomes", "0", "7"]]
+                        ["resumes", "0", "4"], ["circuit_openings", "1", "2"], ["queue_timeouts", "2", "5"], ["outcomes", "0", "7"]]
     assert await page.get_attribute('.counter[data-group="5xx"]', "data-recent") == "true"
     rows = await page.eval_on_selector_all("#errors-table tbody tr", "rs => rs.map(r => [r.dataset.group, "
                                            "r.dataset.kind, r.cells[2].textContent, r.cells[3].textContent])")
     assert ["5xx", "queue_timeout", "2", "5"] in rows and ["5xx", "backend_500", "0", "2"] in rows
+    assert ["resumes", "GPU2: resumed", "0", "3"] in rows
     assert ["failovers", "GPU2 → GPU1", "0", "6"] in rows and ["outcomes", "client_closed", "0", "7"] in rows
     assert "queue_timeout_s" in await page.get_attribute('#errors-table tr[data-kind="queue_timeout"] td.err-kind', "title")
     assert "HTTP 500" in await page.get_attribute('#errors-table tr[data-kind="backend_500"] td.err-kind', "title")

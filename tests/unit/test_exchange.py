@@ -593,3 +593,44 @@ def test_a_stream_relay_that_did_not_happen_reframes_a_chunked_answer():
                     b"Transfer-Encoding: chunked\r\n\r\n" + chunk(b'{"error":1}') + b"0\r\n\r\n", 0.0)
     assert fx.written().endswith(b"\r\n\r\n" + chunk(b'{"error":1}') + b"0\r\n\r\n")
     assert outcomes(fx) == [Outcome.ANSWERED, Outcome.DONE]
+
+
+def held_attempt(last_try: bool = False) -> Attempt:
+    def accept(status: int) -> bool:
+        return last_try or status not in (502, 503, 504)
+    return Attempt(b"UPSTREAM REQUEST", accept, "rid", 30.0, hold_bytes=100)
+
+
+def test_a_plain_answer_is_read_whole_before_anything_reaches_the_client():
+    m, fx = machine()
+    served(m, fx)
+    m.begin_attempt(held_attempt(), 0.0)
+    m.upstream_data(OK[:-3], 0.0)
+    assert fx.written() == b"" and m.state is State.SENT
+    m.upstream_data(OK[-3:], 0.0)
+    assert fx.written().endswith(b'\r\n\r\n{"a":1}') and outcomes(fx) == [Outcome.ANSWERED, Outcome.DONE]
+
+
+def test_a_plain_answer_broken_mid_body_fails_before_the_first_byte_so_it_is_retried_whole():
+    m, fx = machine()
+    served(m, fx)
+    m.begin_attempt(held_attempt(), 0.0)
+    m.upstream_data(OK[:-3], 0.0)
+    m.upstream_closed("reset")
+    (over,) = fx.of("attempt_over")
+    assert over[1] is Outcome.FAILED and over[2].got_bytes and fx.written() == b"" and m.state is State.ROUTING
+    m.begin_attempt(held_attempt(), 1.0)  # the router's next try
+    m.upstream_data(OK, 1.0)
+    assert fx.written().endswith(b'{"a":1}') and outcomes(fx)[-1] is Outcome.DONE
+
+
+def test_a_held_answer_with_a_retryable_status_is_retried_and_a_large_one_is_not_held():
+    m, fx = machine()
+    served(m, fx)
+    m.begin_attempt(held_attempt(), 0.0)
+    m.upstream_data(UNAVAILABLE, 0.0)
+    assert outcomes(fx) == [Outcome.RETRY] and fx.written() == b""
+    m.begin_attempt(held_attempt(), 1.0)
+    big = b"x" * 200
+    m.upstream_data(b"HTTP/1.1 200 OK\r\nContent-Length: 200\r\n\r\n" + big[:50], 1.0)
+    assert fx.written().endswith(big[:50])  # over hold_bytes: relayed as it comes

@@ -68,6 +68,9 @@ class Attempt:
     drop_header: Callable[[str], bool] | None = None  # backend header lines ours replace
     tail: UsageTail | None = None
     relay: EventRelay | None = None  # a stream that may be resumed: relayed event by event
+    # A plain (not streamed) answer of at most this many bytes is read whole before its head
+    # goes to the client, so a backend that breaks off mid-body is retried elsewhere, whole.
+    hold_bytes: int = 0
 
 
 

@@ -16,7 +16,8 @@ The states (``State``), one request at a time, in order:
   starts an attempt on one backend (``begin_attempt``), or gives up (``fail``).
 - ``SENT``: the request went to a backend and no byte reached the client yet. A failure or a
   retryable status here ends the attempt (``Outcome.RETRY`` / ``FAILED``): another backend
-  may take the request.
+  may take the request. A plain answer of at most ``Attempt.hold_bytes`` stays here until
+  it is read whole, so one that breaks off mid-body is retried elsewhere too.
 - ``RELAYING``: the answer's head went to the client; its bytes pass as they come. From here
   on nothing is retried: a broken answer aborts the client connection, so no truncated
   answer ever looks complete. Except a stream relayed event by event (``Attempt.relay``,
@@ -76,6 +77,7 @@ class ExchangeMachine:
         self._attempt: Attempt | None = None
         self._answer: AnswerReader | None = None
         self._mode = _RAW  # how the answer's body goes to the client (_RAW, _EVENTS, _FRAMED)
+        self._held: list[bytes] = []  # a plain answer's body read so far (Attempt.hold_bytes)
         self._report = AttemptReport()
         self._last_upstream = 0.0
         self._reads = 0  # client reads so far (the idle timer's measure of silence)
@@ -163,6 +165,7 @@ class ExchangeMachine:
         self.state = State.SENT
         self._attempt = attempt
         self._report = AttemptReport()
+        self._held = []
         dechunk = attempt.relay is not None or (self._request is not None and self._request.head.version == "1.0")
         self._answer = AnswerReader(attempt.tail, dechunk=dechunk)
         self._last_upstream = now
@@ -236,6 +239,15 @@ class ExchangeMachine:
             if self._head_sent:  # a continuation: the client has its head already
                 if not self._continues(head):
                     return
+            elif self._holds(head):  # read whole first: a break before its end is retried elsewhere
+                self._held.append(body)
+                if not answer.complete:
+                    return
+                body, self._held = b"".join(self._held), []
+                if not self._accept(head):
+                    return
+                self._answer_started(head, body, now)
+                body = b""
             elif not self._accept(head):
                 return
             else:
@@ -415,6 +427,13 @@ class ExchangeMachine:
         if out:
             self._report.first_byte = now
         self.fx.write(client + out if out else client)
+
+    def _holds(self, head: AnswerHead) -> bool:
+        """Whether the answer is read whole before it is relayed (``Attempt.hold_bytes``)."""
+        attempt = self._attempt
+        assert attempt is not None
+        return (not head.event_stream and head.has_body and 0 <= head.length <= attempt.hold_bytes
+                and self._mode is _RAW)
 
     def _continues(self, head: AnswerHead) -> bool:
         """Whether a continuation's answer can follow the stream the client has."""

@@ -51,6 +51,9 @@ log = logging.getLogger("llama_balancer.front")
 
 NATIVE_PATHS = frozenset(ROUTED_PATHS)
 RESUME_HEADER = "X-Balancer-Resume"  # "off": this request's stream is not resumed
+# A plain answer up to this size is read whole before it is relayed (a break mid-body is
+# retried elsewhere); a larger one is relayed as it comes.
+HOLD_BYTES = 4 * 1024 * 1024
 
 
 def is_native(head: RequestHead) -> bool:
@@ -336,7 +339,7 @@ class FrontConnection(asyncio.Protocol):
             tail, self._tail = None, relay.tail.pieces if relay.tail is not None else []
         # answered.accept: the router's one retry decision on the status (it records a success)
         spec = Attempt(request, answered.accept, ex.request_id, pool.idle_timeout_s, self._cors,
-                       is_cors_header if options.cors_origins else None, tail, relay)
+                       is_cors_header if options.cors_origins else None, tail, relay, HOLD_BYTES)
         fresh = False
         while True:
             conn = (None if fresh else pool.pooled(host, port, tls, name)) or await pool.connect(host, port, tls,

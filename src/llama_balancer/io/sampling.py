@@ -1,7 +1,7 @@
 """The dashboard's sampler: every ``balancer.dashboard_sample_s`` (2 s), on the bucket's
 boundary, it writes each backend's gauges into the short-window series (``state.series``)
 and turns what the Prometheus counters gained since the last tick (retries by server and
-kind, failovers) into the errors panel's recent counts (``state.events``).
+kind, failovers, streams resumed by broken server and outcome) into the errors panel's recent counts (``state.events``).
 
 Circuit openings are seen here too: each opening sets a new ``open_until`` on the backend,
 so a changed value is one opening (two openings within one tick would count once; an
@@ -36,6 +36,7 @@ class DashboardSampler:
         self._open_until: dict[str, float | None] = {}
         self._retries: dict[tuple[str, ...], float] = {}
         self._failovers: dict[tuple[str, ...], float] = {}
+        self._resumes: dict[tuple[str, ...], float] = {}
         self._task: asyncio.Task[None] | None = None
         self._failed = False
 
@@ -91,6 +92,8 @@ class DashboardSampler:
                                      lambda labels: f"{labels[0]}: {labels[1]}")
         self._failovers = self._gained(now, "failovers", self._metrics.failovers, self._failovers,
                                        lambda labels: f"{labels[0]} → {labels[1]}")
+        self._resumes = self._gained(now, "resumes", self._metrics.resumes, self._resumes,
+                                     lambda labels: f"{labels[0]}: {labels[1]}")
 
     def _gained(self, now: float, group: str, counter: Counter, before: dict[tuple[str, ...], float],
                 kind_of: Callable[[tuple[str, ...]], str]) -> dict[tuple[str, ...], float]:

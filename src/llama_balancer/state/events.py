@@ -4,7 +4,8 @@ the last 5 minutes and the last hour, in 10-second buckets (monotonic time, pass
 Groups: ``4xx`` and ``5xx`` by kind (the balancer's own error code, ``upstream_<how>`` when a
 backend could not be reached, ``backend_<status>`` for a backend's own error answer),
 ``outcomes`` (``client_closed``, ``broken_answer``: what is not a status code), ``retries``
-(by server and kind), ``failovers`` (from -> to), ``circuit_openings`` (by server) and
+(by server and kind), ``failovers`` (from -> to), ``resumes`` (streams broken mid-way, by
+server and outcome: resumed, failed, not_resumable), ``circuit_openings`` (by server) and
 ``queue_timeouts`` (by model).
 """
 from __future__ import annotations
