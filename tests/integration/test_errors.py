@@ -87,19 +87,38 @@ async def test_a_backend_error_status_is_relayed_and_frees_the_slot(one, http, f
     await assert_nothing_in_flight(http, runtime)
 
 
-@pytest.mark.parametrize("stream", [True, False])
-async def test_a_backend_dropping_mid_response_aborts_the_client_and_frees_the_slot(one, http, stream):
+async def requests_total(http, runtime) -> list[str]:
+    async with http.get(runtime.url + "/metrics") as response:
+        return [line for line in (await response.text()).splitlines() if line.startswith("llama_balancer_requests_total{")]
+
+
+async def test_a_backend_dropping_mid_stream_aborts_the_client_and_frees_the_slot(one, http):
     pc1, runtime = one
     await pc1.set_fault("drop")
-    body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "stream": stream, "max_tokens": 50}
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "stream": True, "max_tokens": 50}
     with pytest.raises(aiohttp.ClientError):
         async with http.post(runtime.url + CHAT, json=body) as response:
             await response.read()
     await assert_nothing_in_flight(http, runtime)
-    async with http.get(runtime.url + "/metrics") as response:
-        lines = [line for line in (await response.text()).splitlines() if line.startswith("llama_balancer_requests_total{")]
+    lines = await requests_total(http, runtime)
     # the head (200) was out when the backend broke off: the status it was sent, and how it ended
     assert [line.endswith(" 1.0") for line in lines if 'outcome="upstream_error"' in line and 'status="200"' in line] == [True]
+
+
+async def test_a_plain_answer_dropped_mid_body_is_a_clean_502_and_frees_the_slot(one, http):
+    """A plain answer is read whole before its head goes out (Attempt.hold_bytes): broken off
+    mid-body, nothing has reached the client yet, so it gets an error answer (here 502: the
+    only server broke), not a cut connection."""
+    pc1, runtime = one
+    await pc1.set_fault("drop")
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 50}
+    async with http.post(runtime.url + CHAT, json=body) as response:
+        assert response.status == 502
+        error = await error_of(response)
+    assert error["type"] == "upstream_error" and "PC1" in error["message"]
+    await assert_nothing_in_flight(http, runtime)
+    lines = await requests_total(http, runtime)
+    assert [line.endswith(" 1.0") for line in lines if 'outcome="upstream_error"' in line and 'status="502"' in line] == [True]
 
 
 async def test_an_idle_timeout_on_a_stalled_backend_gets_504(sims, balancer, http):

@@ -291,6 +291,14 @@ async def test_models_have_the_real_shape(pair):
         assert [m["id"] for m in real.json()["data"]] == [m["id"] for m in sim.json()["data"]] == ["tiny"]
 
 
+async def test_apply_template_has_the_real_shape(pair):
+    """What a chat's resume renders its prompt with (core/resume.py): ``{"prompt": str}``."""
+    real, sim = await pair.both("POST", "/apply-template", {"messages": CHAT["messages"]})
+    assert_same_answer(real, sim)
+    for answer in (real, sim):
+        assert "Say something about the sea." in answer.json()["prompt"]
+
+
 # --- completions --------------------------------------------------------------------------
 
 async def test_chat_completion_has_the_real_shape(pair):

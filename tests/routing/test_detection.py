@@ -122,3 +122,16 @@ class ScriptedSampler:
 
     def sample(self) -> float:
         return self.value
+
+
+async def test_a_failing_llmhealth_that_turns_404_is_no_agent_for_good(sims, balancer, http):
+    """A restarted llama-server answers 503 on every path while it loads, /llmhealth too; once
+    loaded its /llmhealth is a 404. The 5xx makes it invalid (the old tool's reading) but must
+    not make it an agent's address: when the 404 comes, its own signals place on it again."""
+    sim = await sims(name="PC1", models=[MODEL], slots=2, llmhealth="error")
+    runtime = await balancer({"servers": {"PC1": seed_entry(sim.port)}, "models": {MODEL: ["PC1"]}})
+    state = runtime.context.registry.state("PC1")
+    await wait_until(lambda: state.status == "invalid")
+    sim.state.config.llmhealth = "absent"
+    await wait_until(lambda: state.status == "idle")
+    assert (state.discovery.agent_seen, state.kind) == (False, "llama.cpp")

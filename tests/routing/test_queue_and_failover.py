@@ -185,9 +185,11 @@ async def test_with_retries_off_the_backends_error_is_relayed(pair, http):
 
 
 async def test_nothing_is_retried_once_a_byte_reached_the_client(pair, http):
+    """Unless it is resumed (tests/integration/test_resume_sim.py): here the client opts out."""
     pc1, pc2, runtime = await pair(fault="drop")
     with pytest.raises(aiohttp.ClientError):
-        async with http.post(runtime.url + CHAT, json=body(tokens=20, stream=True)) as response:
+        async with http.post(runtime.url + CHAT, json=body(tokens=20, stream=True),
+                             headers={"X-Balancer-Resume": "off"}) as response:
             await response.read()
     assert pc2.events == []
     await assert_nothing_in_flight(http, runtime)

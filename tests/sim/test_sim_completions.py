@@ -282,3 +282,33 @@ async def test_non_object_body_and_wrong_method_get_llama_style_errors(make_sim,
     async with session.get(f"{sim.url}/v1/chat/completions") as resp:
         assert resp.status == 404
         assert (await resp.json())["error"]["type"] == "not_found_error"
+
+
+async def test_a_prompt_ending_in_a_partial_answer_is_continued_where_it_stops(make_sim, session):
+    """What a resumed stream relies on (core/resume.py): the chat's prompt from /apply-template
+    plus the first k pieces of its answer, as a text completion, goes on with piece k, and the
+    pieces count as one prompt token each, as a real model's own output re-tokenizes."""
+    sim = await make_sim(fast=True)
+    async with session.post(f"{sim.url}/v1/chat/completions", json={"messages": HELLO, "max_tokens": 8}) as resp:
+        whole = await resp.json()
+    answer, prompt_n = whole["choices"][0]["message"]["content"], whole["usage"]["prompt_tokens"]
+    async with session.post(f"{sim.url}/apply-template", json={"messages": HELLO}) as resp:
+        template = (await resp.json())["prompt"]
+    assert template == "<|user|>Hello, how are you?\n"
+    pieces = answer.replace(" ", "\0 ").split("\0")
+    assert len(pieces) == 8
+    for cut in range(1, 8):
+        body = {"prompt": template + "".join(pieces[:cut]), "max_tokens": 8 - cut}
+        async with session.post(f"{sim.url}/v1/completions", json=body) as resp:
+            rest = await resp.json()
+        assert "".join(pieces[:cut]) + rest["choices"][0]["text"] == answer
+        assert rest["usage"]["prompt_tokens"] == prompt_n + cut
+
+
+async def test_apply_template_refuses_a_body_without_messages(make_sim, session):
+    sim = await make_sim(fast=True)
+    async with session.post(f"{sim.url}/apply-template", json={"prompt": "x"}) as resp:
+        assert resp.status == 400
+        assert (await resp.json())["error"]["type"] == "invalid_request_error"
+    async with session.post(f"{sim.url}/apply-template", data=b"{nope") as resp:
+        assert resp.status == 500

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from llama_balancer.core.health import HealthSample, combine, parse_agent_probe
+from llama_balancer.core.health import HealthSample, combine, is_agent_answer, parse_agent_probe
 from llama_balancer.core.profile import BackendProfile, agent_hint
 
 
@@ -29,12 +29,16 @@ def test_anything_else_means_no_agent_runs_there(status, body):
     assert parse_agent_probe(status, body) is None
 
 
-def test_a_5xx_on_the_model_servers_own_port_is_no_agent():
-    """A llama-server loading its model answers 503 everywhere (a restart); health-port =
-    model-port, so nothing but it answers there. On an agent's own port a 5xx is a broken agent."""
+def test_a_5xx_is_invalid_but_proves_no_agent():
+    """A llama-server loading its model answers 503 everywhere (a restart): the old tool read a
+    5xx /llmhealth as invalid, and so do we, but it must not make the address an agent's for
+    good (after loading, the server's /llmhealth answers 404). Only an idle/busy answer does."""
     loading = b'{"error":{"code":503,"message":"Loading model","type":"unavailable_error"}}'
-    assert parse_agent_probe(503, loading, on_model_port=True) is None
-    assert parse_agent_probe(503, loading).status == "invalid"
+    sample = parse_agent_probe(503, loading)
+    assert sample is not None and sample.status == "invalid"
+    assert not is_agent_answer(sample)
+    assert not is_agent_answer(None)
+    assert is_agent_answer(parse_agent_probe(200, b"busy"))
 
 
 @pytest.mark.parametrize(("model_side", "agent", "expected"), [

@@ -40,18 +40,18 @@ def parse_llmhealth(http_status: int, body: bytes) -> HealthSample:
     return HealthSample(status, util)
 
 
-def parse_agent_probe(http_status: int, body: bytes, on_model_port: bool = False) -> HealthSample | None:
+def parse_agent_probe(http_status: int, body: bytes) -> HealthSample | None:
     """An ``/llmhealth`` answer when it really comes from an agent, else None.
 
     Used where no ``kind`` is configured: a 404 (a plain llama-server on that port), another
     4xx or a body that is neither ``idle``/``busy`` nor JSON with such a ``status`` means no
-    agent runs there, not that the machine is busy. A 5xx is an agent that fails (invalid),
-    unless the probe went to the model server's own port (``on_model_port``): a llama-server
-    that is loading its model answers 503 on every path, and taking that for an agent once
-    marked a restarted server invalid for good (its /llmhealth then answers 404).
+    agent runs there, not that the machine is busy. A 5xx is invalid, as the old tool read it:
+    a broken agent, or a llama-server that is loading its model (503 on every path). Which of
+    the two it was is not known yet, so the caller must not take it for an agent's answer
+    (:func:`is_agent_answer`).
     """
     if http_status >= 500:  # something serves /llmhealth and fails: a broken agent, or a loading model server
-        return None if on_model_port else HealthSample("invalid", detail=f"HTTP {http_status}")
+        return HealthSample("invalid", detail=f"HTTP {http_status}")
     if http_status != 200:
         return None
     text = body.strip()
@@ -64,6 +64,13 @@ def parse_agent_probe(http_status: int, body: bytes, on_model_port: bool = False
     if not isinstance(data, dict) or data.get("status") not in ("idle", "busy"):
         return None
     return parse_llmhealth(http_status, body)
+
+
+def is_agent_answer(sample: HealthSample | None) -> bool:
+    """Whether a probe's sample proves an agent runs there: only a real idle/busy answer does
+    (a 5xx may be a model server loading; once taken for an agent, a restarted llama-server's
+    404 on /llmhealth kept it invalid for good)."""
+    return sample is not None and sample.status != "invalid"
 
 
 _SEVERITY = {"idle": 0, "busy": 1, "invalid": 2}

@@ -12,7 +12,7 @@ import orjson
 
 from ..core.config import Config
 from ..core.errors import UpstreamError
-from ..core.health import HealthSample, combine, parse_agent_probe, parse_llmhealth
+from ..core.health import HealthSample, combine, is_agent_answer, parse_agent_probe, parse_llmhealth
 from ..core.profile import agent_hint
 from ..state.registry import BackendState, Registry
 from .backend_watch import BackendWatch
@@ -94,13 +94,12 @@ class Pollers:
         state = self._registry.state(name)
         server, found = state.server, state.discovery
         kind = state.kind if state.kind != "auto" and state.status != "invalid" else "auto"
-        probe_agent = found.agent_seen or found.polls % AGENT_PROBE_EVERY == 0
+        probe_agent = found.agent_seen or found.agent_failing or found.polls % AGENT_PROBE_EVERY == 0
         found.polls += 1
         mark = self._registry.poll_mark(name)
         polled, agent = await asyncio.gather(
             poll_native(self._client, name, server, kind, self._health_timeout),
-            self._probe_agent(server.health_base, name, found.agent_seen, server.health_port == server.model_port)
-            if probe_agent else _nothing())
+            self._probe_agent(server.health_base, name, found.agent_seen) if probe_agent else _nothing())
         if probe_agent:
             self._note_agent(state, agent)
         sample = polled.sample if agent is None else combine(polled.sample, agent)
@@ -108,8 +107,7 @@ class Pollers:
         url = server.health_base + "/llmhealth" if found.agent_seen else server.model_base
         self._registry.record_health(name, sample, url)
 
-    async def _probe_agent(self, health_base: str, name: str, known: bool,
-                           on_model_port: bool) -> HealthSample | None:
+    async def _probe_agent(self, health_base: str, name: str, known: bool) -> HealthSample | None:
         """The agent's sample; None when no agent answers there. Once one has answered, its
         answers are read as the old tool read them (an error is invalid, garbage busy)."""
         if known:
@@ -118,14 +116,15 @@ class Pollers:
             status, body = await self._client.fetch(health_base + "/llmhealth", self._health_timeout, server=name)
         except UpstreamError:
             return None
-        return parse_agent_probe(status, body, on_model_port)
+        return parse_agent_probe(status, body)
 
     def _note_agent(self, state: BackendState, agent: HealthSample | None) -> None:
         found, server = state.discovery, state.server
-        if agent is not None:
+        found.agent_failing = agent is not None and not is_agent_answer(agent)  # probed every poll while it fails
+        if is_agent_answer(agent):
             found.agent_seen = True
             return
-        if not found.agent_seen and not found.warned and server.health_port != server.model_port:
+        if agent is None and not found.agent_seen and not found.warned and server.health_port != server.model_port:
             found.warned = True
             log.warning("%s: no /llmhealth agent answers at %s; using the model server's own signals "
                         "(start `llama-balancer serve` there for its GPU load, or set health-port to the "

@@ -21,6 +21,7 @@ ROUTES: tuple[tuple[str, str, Handler], ...] = (
     ("GET", "/slots", info.handle_slots),
     ("GET", "/metrics", info.handle_metrics),
     ("GET", "/llmhealth", info.handle_llmhealth),
+    ("POST", "/apply-template", info.handle_apply_template),
     ("POST", "/v1/chat/completions", completions.handle_chat),
     ("POST", "/chat/completions", completions.handle_chat),
     ("POST", "/v1/completions", completions.handle_text),

@@ -148,7 +148,7 @@ async def next_token(cfg: SimConfig, run: Run, slot: Slot) -> str:
     t0 = time.monotonic()
     await pause(cfg.token_delay())
     index = len(run.pieces)
-    piece = generated_piece(index) if run.job.tool is None else run.job.tool.pieces[index]
+    piece = generated_piece(run.job.first_piece + index) if run.job.tool is None else run.job.tool.pieces[index]
     run.pieces.append(piece)
     run.predicted_s += time.monotonic() - t0
     slot.n_decoded = len(run.pieces)

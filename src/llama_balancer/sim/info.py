@@ -1,4 +1,5 @@
-"""Handlers of the read-only endpoints: health, props, models, slots, metrics, llmhealth."""
+"""Handlers of the read-only endpoints: health, props, models, slots, metrics, llmhealth,
+and /apply-template (a chat rendered in the sim's template, as the prompt its server sees)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from aiohttp import web
 from .completions import STATE_KEY, json_response
 from .metrics import render_metrics
 from .params import slot_params
-from .parse import SimHTTPError
+from .parse import SimHTTPError, decode_body
+from .tokens import render_message
 
 CHAT_TEMPLATE = "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}\n{% endfor %}"
 
@@ -110,3 +112,17 @@ async def handle_llmhealth(request: web.Request) -> web.Response:
     return json_response({"status": "busy" if busy else "idle",
                           "gpu_util_max5s": 100.0 if busy else 0.0,
                           "window_seconds": 5})
+
+
+async def handle_apply_template(request: web.Request) -> web.Response:
+    """``{"prompt": ...}``: the messages as the sim renders them (``<|role|>content\\n`` each; no
+    generation prompt, as :mod:`.tokens` says), llama-server's answer shape. Bad input gets
+    its errors: bad JSON a 500, no ``messages`` list a 400."""
+    try:
+        body = decode_body(await request.read())
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+            raise SimHTTPError(400, "'messages' is required and must be a list of objects", "invalid_request_error")
+    except SimHTTPError as err:
+        return json_response(err.body(), status=err.status)
+    return json_response({"prompt": "".join(render_message(m) for m in messages)})

@@ -11,7 +11,7 @@ from .dialects import (CHAT, CONVERSATIONS, EMBED, MESSAGES, NATIVE, OLLAMA, OLL
                        TEXT, chat_messages, limit_value, offered_tools, streams, tool_choice)
 from .params import DEFAULT_TEMPERATURE, generation_settings, slot_params
 from .state import SimState
-from .tokens import chat_tokens, prompt_tokens, tokenize
+from .tokens import chat_tokens, continued_from, prompt_tokens, tokenize
 from .tools import ToolCall, planned_call
 
 UNPINNED = OLLAMA | {MESSAGES}  # endpoints that ignore a request's id_slot
@@ -52,6 +52,7 @@ class Job:
     temperature: float = DEFAULT_TEMPERATURE
     ignore_eos: bool = False
     tool: ToolCall | None = None  # the tool call the model makes instead of text (tools.py)
+    first_piece: int = 0  # the prompt ends with this many generated pieces: go on from there
 
     def _echoed(self) -> dict[str, Any]:
         """The request's values a real server echoes in its params (-1: no limit set)."""
@@ -125,6 +126,7 @@ def parse_job(kind: str, body: dict[str, Any], state: SimState) -> Job:
     # Like llama-server, /v1/messages keeps only the fields it converts (id_slot is not one).
     id_slot = None if kind in UNPINNED else _int_or_none(body.get("id_slot"))
     temperature = body.get("temperature")
+    prompt_text = body["prompt"] if isinstance(body.get("prompt"), str) else ""
     return Job(
         kind=kind,
         model=body.get("model"),
@@ -137,10 +139,11 @@ def parse_job(kind: str, body: dict[str, Any], state: SimState) -> Job:
         and stream_options.get("include_usage") is True,
         id_slot=-1 if id_slot is None else id_slot,
         cache_prompt=body.get("cache_prompt") is not False,
-        prompt_text=body["prompt"] if isinstance(body.get("prompt"), str) else "",
+        prompt_text=prompt_text,
         temperature=DEFAULT_TEMPERATURE if _int_or_none(temperature) is None else float(temperature),
         ignore_eos=body.get("ignore_eos") is True,
         tool=_tool_call(kind, body),
+        first_piece=continued_from(prompt_text),
     )
 
 

@@ -37,6 +37,7 @@ class Discovery:
     answers, and what was last announced in the log (so each change is logged once)."""
 
     agent_seen: bool = False  # an agent answered since the address was configured
+    agent_failing: bool = False  # /llmhealth answers 5xx: a broken agent or a loading server, probed every poll
     polls: int = 0  # polls so far: agent probes are spaced out while none has answered
     models_polled: bool = False  # a /v1/models poll finished (answered or not)
     announced: BackendProfile | None = None
