@@ -93,3 +93,43 @@ async def test_a_replica_killed_with_sigkill_frees_its_places_within_six_seconds
     print(f"capacity back {freed_after:.2f} s after SIGKILL")
     assert freed_after < 6.0, freed_after
     await asyncio.gather(*holders)
+
+
+async def test_far_from_the_limit_replicas_admit_from_their_reserve_and_the_limit_still_holds(
+        sims, redis_server, replicas, http):
+    """request-max 24 over 3 replicas: at rest each keeps 2 places in reserve (24 / (4 x 3)),
+    taken without a round trip; under 40 clients the room, and the reserve with it, goes to
+    0, and the backend still never sees more than 24 (reserved places count in Redis)."""
+    sim = await sims(name="gpu", slots=32, fast=False, chunk_delay_s=0.003)
+    group = replicas(shared_config({"gpu": sim}, redis_server.url, request_max=24, shared={}), 3)
+    for replica in group:
+        await replica.wait_ready(http)
+    results = await _load(http, [r.url for r in group], total=200, clients=4)  # light: reserves used
+    results += await _load(http, [r.url for r in group], total=400, clients=40)  # pushes past the limit
+    assert results.count(200) == 600, sorted(set(map(str, results)))
+    served = [e for e in sim.events if e["path"] == "/v1/chat/completions"]
+    assert len(served) == 600 and max_concurrent(served) <= 24
+    shared = [(await r.snapshot(http))["shared_state"] for r in group]
+    admissions = [s["admissions"] for s in shared]
+    assert sum(a["reserved"] for a in admissions) > 0, admissions
+    assert all(a["local"] == 0 and a["errors"] == 0 for a in admissions), admissions
+    # At rest only the reserves are left in Redis: our places, used by no request.
+    assert all(s["leases_held"] == 0 for s in shared), shared
+    assert await redis_server.call("ZCARD", "test:leases:gpu") == sum(s["leases_spare"] for s in shared)
+
+
+async def test_a_killed_replicas_reserve_expires_like_its_leases(sims, redis_server, replicas, http):
+    sim = await sims(name="gpu", slots=4)
+    config = shared_config({"gpu": sim}, redis_server.url, request_max=1000, shared={"lease_reserve": 8})
+    [replica] = replicas(config, 1)
+    await replica.wait_ready(http)
+    results = await _load(http, [replica.url], total=40, clients=1)
+    assert results == [200] * 40
+    shared = (await replica.snapshot(http))["shared_state"]
+    assert shared["admissions"]["reserved"] >= 30, shared  # a round trip for the first few at most
+    assert shared["leases_spare"] == 8 and await redis_server.call("ZCARD", "test:leases:gpu") == 8
+    replica.kill9()
+    deadline = time.monotonic() + 6
+    while await redis_server.call("ZCARD", "test:leases:gpu") > 0:  # lease_ttl_s 1 here
+        assert time.monotonic() < deadline, "a dead replica's reserve stayed in Redis"
+        await asyncio.sleep(0.1)

@@ -3,7 +3,8 @@ replicas exchange, lease bookkeeping and the merge of remote sticky bindings."""
 from __future__ import annotations
 
 from llama_balancer.core.replicas import (AFFINITY, STICKY, Link, affinity_record, batch_sender, decode_batch,
-                                          encode_batch, encode_record, health_record, replica_limit, sticky_record)
+                                          encode_batch, encode_record, health_record, replica_limit, reserve_target,
+                                          sticky_record)
 from llama_balancer.io.resp import RedisAddress, ReplyError, command, reader
 from llama_balancer.state.leases import LeaseBook
 from llama_balancer.state.sticky import StickyStore
@@ -92,6 +93,39 @@ def test_the_lease_book_tracks_held_leases_and_queues_releases_once():
     assert book.take_released(10) == [("PC1", first.id)]
     second.release()
     assert book.held == {} and book.take_released(10) == [("PC1", second.id)]
+
+
+def test_the_reserve_is_a_quarter_of_the_room_over_live_replicas_and_none_near_the_limit():
+    assert reserve_target(100000, 0, 0, 1, 64) == 64  # capped by lease_reserve
+    assert reserve_target(24, 0, 0, 3, 64) == 2  # 24 / (4 x 3)
+    assert reserve_target(24, 10, 6, 3, 64) == 0  # 8 left: each place matters now
+    assert reserve_target(2, 0, 0, 3, 64) == 0  # request-max 2: every admission asks Redis
+    assert reserve_target(100, 120, 0, 1, 64) == 0  # over the limit (a reload lowered it): none
+    assert reserve_target(100000, 0, 0, 1, 0) == 0  # lease_reserve 0: off
+
+
+def test_reserved_leases_are_taken_without_redis_and_refill_on_release_up_to_the_target():
+    book = LeaseBook("r")
+    woken = []
+    book.on_release = lambda: woken.append(1)
+    book.trim_spare("PC1", 2)
+    assert book.missing_spares("PC1") == 2
+    book.add_spare("PC1", ["r:1", "r:2"])
+    assert (book.count("PC1"), book.in_use("PC1"), book.spares()) == (2, 0, 2)
+    taken = [book.take_spare("PC1"), book.take_spare("PC1")]
+    assert book.take_spare("PC1") is None  # empty: the caller asks Redis
+    assert all(lease is not None for lease in taken) and book.in_use("PC1") == 2 and book.count("PC1") == 2
+    other = book.grant("PC1", "r:3")  # granted by Redis while the reserve was empty
+    assert sorted(book.ids("PC1")) == ["r:1", "r:2", "r:3"]  # all renewed
+    taken[0].release()
+    taken[1].release()
+    other.release()  # the reserve is full again (2): this one goes back to Redis
+    assert (book.spares(), book.in_use("PC1")) == (2, 0)
+    assert book.take_released(10) == [("PC1", "r:3")] and len(woken) == 1
+    book.trim_spare("PC1", 1)  # the room shrank: the surplus goes back
+    assert book.spares() == 1 and [lease_id for _, lease_id in book.take_released(10)] != []
+    book.drop_spares()  # Redis went away: nothing kept, nothing refilled
+    assert (book.spares(), book.missing_spares("PC1")) == (0, 0) and len(book.take_released(10)) == 1
 
 
 def test_a_lease_whose_answer_was_lost_is_deleted_to_be_sure():

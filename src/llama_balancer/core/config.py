@@ -118,6 +118,9 @@ class SharedStateOptions(BaseModel):
     renew_interval_s: float = Field(1.0, gt=0)  # lease renewal and liveness refresh, in one call
     liveness_ttl_s: float = Field(3.0, gt=0)
     admit_timeout_s: float = Field(0.1, gt=0)
+    # Places per server a replica may keep leased but unused, so a request far from the limit
+    # is admitted without a round trip (core.replicas.reserve_target); 0: each asks Redis.
+    lease_reserve: int = Field(64, ge=0)
     op_timeout_s: float = Field(1.0, gt=0)  # background calls: renewal, writes, loads
     connect_timeout_s: float = Field(1.0, gt=0)
     retry_interval_s: float = Field(1.0, gt=0)  # reconnect attempts while degraded

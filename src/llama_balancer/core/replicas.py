@@ -7,6 +7,8 @@ needs no Redis lives here, so it is tested with plain data:
   over every replica's leases. Degraded (Redis unreachable): ``ceil(request_max / live)``
   counted over its own requests alone, with ``live`` the last known number of replicas, so
   that a lost Redis never lets each replica admit the whole limit (LiteLLM #35533).
+- ``reserve_target``: how many places a replica may hold unused in Redis (its reserve), so
+  that far from the limit a request is admitted without a round trip, exactly still.
 - ``Link``: the shared/degraded state machine; it says when a transition happens, so the
   caller logs one line on entry and one on exit.
 - The records replicas exchange for sticky bindings, prefix/slot affinity and passive
@@ -30,6 +32,20 @@ def replica_limit(request_max: int | None, live: int | None) -> int | None:
     if request_max is None or live is None:
         return request_max
     return max(math.ceil(request_max / max(live, 1)), 1)
+
+
+def reserve_target(request_max: int, remote: int, in_use: int, live: int, most: int) -> int:
+    """Places this replica may keep leased but unused on a server (its reserve): at most
+    ``most``, and at most a quarter of the room left, shared out over the live replicas.
+
+    A reserved place is a lease like any other, so the limit stays exact: every replica's
+    leases, used or not, count in Redis. The reserve only moves the round trip off the
+    request's path (a request takes a reserved lease at once; its release refills the
+    reserve instead of going to Redis). Near the limit the room, and with it the reserve,
+    goes to 0: every admission asks Redis, as it must where each place matters (``request-max``
+    2 over 3 replicas never reserves anything)."""
+    room = request_max - remote - in_use
+    return max(0, min(most, room // (4 * max(live, 1))))
 
 
 @dataclass

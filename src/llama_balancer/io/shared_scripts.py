@@ -36,6 +36,21 @@ end
 return {0, n}
 """
 
+# KEYS: leases. ARGV: limit, lease ttl ms, then lease ids. Grants as many of them as fit, in
+# order (a replica's reserve). -> {granted, count after}
+RESERVE = _NOW + """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+local n = redis.call('ZCARD', KEYS[1])
+local limit, ttl, granted = tonumber(ARGV[1]), tonumber(ARGV[2]), 0
+for i = 3, #ARGV do
+  if n + granted >= limit then break end
+  redis.call('ZADD', KEYS[1], now + ttl, ARGV[i])
+  granted = granted + 1
+end
+if granted > 0 then redis.call('PEXPIRE', KEYS[1], ttl * 2) end
+return {granted, n + granted}
+"""
+
 # KEYS: replicas, leases... ARGV: channel, sender, then per leases key: server, limit, n, ids.
 # -> counts after. A server that was full tells the other replicas (their queues wake).
 RELEASE = _NOW + """
@@ -113,7 +128,7 @@ for i = 1, #fields do if values[i] then out[#out + 1] = values[i] end end
 return out
 """
 
-SCRIPTS = {"admit": ADMIT, "release": RELEASE, "tick": TICK, "put": PUT, "load": LOAD}
+SCRIPTS = {"admit": ADMIT, "reserve": RESERVE, "release": RELEASE, "tick": TICK, "put": PUT, "load": LOAD}
 SHA = {name: hashlib.sha1(text.encode()).hexdigest() for name, text in SCRIPTS.items()}
 
 

@@ -8,6 +8,11 @@ releases go in batches, the renewal and liveness refresh in one call per interva
 state through ``SoftSync`` on a second connection, other replicas' news on a third
 (pub/sub: a full server freed a place -> the queue wakes at once; record batches).
 
+Far from a server's limit, a replica keeps a reserve of leases no request uses yet
+(``lease_reserve``, ``core.replicas.reserve_target``): a request takes one at once, and its
+release refills the reserve; a background call tops it up (io/shared_scripts.RESERVE). The
+limit stays exact (reserved places count in Redis); only the round trip leaves the path.
+
 When Redis fails or is slow, the replica goes degraded at once (one log line): admission
 then never touches Redis and each server admits ``ceil(request-max / live replicas)`` of
 this replica's own requests; reconnection is tried every ``retry_interval_s``, and the first
@@ -27,7 +32,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from ..core.config import SharedStateOptions
-from ..core.replicas import Link, batch_sender
+from ..core.replicas import Link, batch_sender, reserve_target
 from ..state.affinity import AffinityStore
 from ..state.clock import Clock, iso_utc
 from ..state.leases import Lease, LeaseBook
@@ -68,11 +73,12 @@ class SharedState:
         self._kick = asyncio.Event()  # the supervisor looks now (a connection broke)
         self._releases = asyncio.Event()
         self._writes = asyncio.Event()
+        self._refill = asyncio.Event()
         self.book.on_release = self._releases.set
         self.sync.on_queued = self._writes.set
         self._tasks: list[asyncio.Task[None]] = []
         self._started = clock.wall()
-        self.counts = {"granted": 0, "refused": 0, "local": 0, "errors": 0}
+        self.counts = {"granted": 0, "reserved": 0, "refused": 0, "local": 0, "errors": 0}
         registry.admission = self
         registry.set_degraded(self.link.live)  # nothing known until Redis answers
 
@@ -84,6 +90,12 @@ class SharedState:
         hot = self._hot
         if self.link.mode == "degraded" or hot is None:
             return self._admit_locally(state)
+        lease = self.book.take_spare(state.name)
+        if lease is not None:  # leased in Redis already: no round trip
+            self.counts["reserved"] += 1
+            if self.book.missing_spares(state.name) * 2 > self.book.spare_target.get(state.name, 0):
+                self._refill.set()
+            return lease
         lease_id = self.book.next_id()
         limit = state.server.request_max
         state.admitting += 1
@@ -128,7 +140,20 @@ class SharedState:
         remote = max(int(count) - self.book.count(state.name), 0)
         freed = remote < state.remote
         state.remote = remote
+        self._retarget(state)
         return freed
+
+    def _retarget(self, state: BackendState) -> None:
+        """The reserve this server's room allows now; spares above it go back, a shortfall
+        is topped up in the background."""
+        limit = state.server.request_max
+        if limit is None:
+            return
+        target = reserve_target(limit, state.remote, self.book.in_use(state.name), self.link.live,
+                                self.options.lease_reserve)
+        self.book.trim_spare(state.name, target)
+        if self.book.missing_spares(state.name):
+            self._refill.set()
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -143,7 +168,7 @@ class SharedState:
                         self.link.live)
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._supervise()), loop.create_task(self._send_releases()),
-                       loop.create_task(self._send_writes())]
+                       loop.create_task(self._send_writes()), loop.create_task(self._fill_reserves())]
 
     async def stop(self) -> None:
         """Give back what is held, leave the replica set, close (each step bounded)."""
@@ -151,6 +176,7 @@ class SharedState:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
+        self.book.drop_spares()
         if self.link.mode == "shared" and self._hot is not None:
             try:
                 async with asyncio.timeout(self.options.op_timeout_s * 2):
@@ -186,6 +212,7 @@ class SharedState:
         fresh = self._hot is None or self._hot.closed or self._sub is None or self._sub.closed \
             or self._bulk is None or self._bulk.closed
         if fresh:
+            self.book.drop_spares()  # a new connection may be a restarted Redis that never saw them
             await self._connect()
         live, counts = await self._tick()
         self.sync.alone = live <= 1
@@ -231,6 +258,7 @@ class SharedState:
 
     def _degrade(self, reason: str) -> None:
         if self.link.fail(self._clock.monotonic(), reason):
+            self.book.drop_spares()
             self._registry.set_degraded(self.link.live)
             self.sync.forget_pins()
             log.warning("shared state degraded: %s; each replica admits ceil(request-max / %d) on its own "
@@ -297,6 +325,39 @@ class SharedState:
                 if state is not None:
                     self._learn(state, count)
 
+    async def _fill_reserves(self) -> None:
+        """Top up each server's reserve, one call per server; what does not fit is not leased."""
+        while True:
+            await self._refill.wait()
+            self._refill.clear()
+            for name in self._registry.names():
+                state = self._registry.find(name)
+                missing = self.book.missing_spares(name)
+                if state is None or not missing or self.link.mode == "degraded" or self._hot is None:
+                    continue
+                ids = [self.book.next_id() for _ in range(missing)]
+                limit = state.server.request_max or 0
+                try:
+                    granted, count = await self._call_hot(
+                        "reserve", [self.keys.leases(name)], [limit, int(self.options.lease_ttl_s * 1000), *ids])
+                except FAILURES as exc:
+                    for lease_id in ids:
+                        self.book.forget(name, lease_id)  # some may have been granted
+                    self.counts["errors"] += 1
+                    self._degrade(f"reserve failed: {_describe(exc)}")
+                    continue
+                except asyncio.CancelledError:
+                    for lease_id in ids:
+                        self.book.forget(name, lease_id)
+                    raise
+                if self.link.mode == "degraded":  # the link broke meanwhile: nothing kept
+                    for lease_id in ids[:int(granted)]:
+                        self.book.forget(name, lease_id)
+                    continue
+                self.book.add_spare(name, ids[:int(granted)])
+                state.remote = max(int(count) - self.book.count(name), 0)
+                self.book.trim_spare(name, self.book.spare_target.get(name, 0))  # requests may have come back meanwhile
+
     async def _send_writes(self) -> None:
         while True:
             await self._writes.wait()
@@ -362,7 +423,7 @@ class SharedState:
             "enabled": True, "mode": link.mode, "degraded": link.mode == "degraded",
             "replica_id": self.replica_id, "redis": self.address.display(), "live_replicas": link.live,
             "since_s": round(self._clock.monotonic() - link.since, 3) if link.transitions else None,
-            "reason": link.reason or None, "leases_held": self.book.total(),
+            "reason": link.reason or None, "leases_held": self.book.total(), "leases_spare": self.book.spares(),
             "admissions": dict(self.counts), "transitions": link.transitions,
             "pending_writes": len(self.sync.outbox), "records_applied": self.sync.applied,
         }
@@ -374,10 +435,14 @@ class SharedState:
                                 value=1.0 if link.mode == "degraded" else 0.0)
         yield GaugeMetricFamily("llama_balancer_shared_state_live_replicas",
                                 "Replicas alive in Redis, as last known.", value=link.live)
-        yield GaugeMetricFamily("llama_balancer_shared_state_leases_held", "Places this replica holds.",
+        yield GaugeMetricFamily("llama_balancer_shared_state_leases_held", "Places this replica's requests hold.",
                                 value=self.book.total())
+        yield GaugeMetricFamily("llama_balancer_shared_state_leases_spare",
+                                "Places this replica holds in reserve, for requests to take without a round trip.",
+                                value=self.book.spares())
         admissions = CounterMetricFamily("llama_balancer_shared_admissions", "Admissions by outcome "
-                                         "(granted/refused by Redis, local while degraded, errors).",
+                                         "(granted/refused by Redis, reserved: from the reserve, local while "
+                                         "degraded, errors).",
                                          labels=["outcome"])
         for outcome, count in self.counts.items():
             admissions.add_metric([outcome], count)
