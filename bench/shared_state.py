@@ -30,7 +30,10 @@ from targets import Target, check_target
 
 SCENARIOS = {"S1c1": {**FULL["S1"], "conns": 1}, "S1": FULL["S1"], "S2": FULL["S2"]}
 SMOKE_SCENARIOS = {"S1c1": {**SMOKE["S1"], "conns": 1}, "S1": SMOKE["S1"], "S2": SMOKE["S2"]}
-VARIANTS = ("balancer", "balancer+redis")
+# "+redis": the product's defaults (a reserve of leases where request-max is far); "+redis,
+# no reserve": lease_reserve 0, a Redis round trip on every admission (what a request-max
+# near the load costs).
+VARIANTS = ("balancer", "balancer+redis", "balancer+redis, no reserve")
 
 
 def start_redis(procs: Procs, workdir: Path) -> int:
@@ -55,16 +58,19 @@ def subprocess_stdout() -> int:
 
 def start_balancer(variant: str, procs: Procs, backend_port: int, redis_port: int, workdir: Path) -> Target:
     balancer: dict[str, Any] = {"access_log": "off"}
-    if variant == "balancer+redis":
+    if variant != "balancer":
         balancer["shared_state"] = {"redis_url": f"redis://127.0.0.1:{redis_port}/0",
                                     "key_prefix": f"bench-{time.monotonic_ns()}:"}
+        if variant.endswith("no reserve"):
+            balancer["shared_state"]["lease_reserve"] = 0
     config = {"servers": {"bench": {"addr": "http://127.0.0.1", "health-port": backend_port,
                                     "model-port": backend_port, "request-max": 100000}},
               "models": {"bench-model": ["bench"]}, "fallback_server": "bench", "balancer": balancer}
-    path = workdir / f"{variant}.json"
+    slug = variant.replace(", ", "-").replace(" ", "-")
+    path = workdir / f"{slug}.json"
     path.write_text(json.dumps(config))
     port = free_port()
-    log = workdir / f"{variant}-{time.monotonic_ns()}.log"
+    log = workdir / f"{slug}-{time.monotonic_ns()}.log"
     proc = procs.start([*pin(0), str(Path(PY).parent / "llama-balancer"), "serve", "--config", str(path), "--host",
                         "127.0.0.1", "--port", str(port), "--log-level", "WARNING"],
                        stdout=open(log, "ab"), stderr=subprocess_stdout())
@@ -112,9 +118,13 @@ def table(runs: list[dict[str, Any]], scenarios: list[str]) -> str:
             errors = sum(r["errors"] for r in got)
             rows[v] = (p50, p99, rate)
             lines.append(f"| {s} | {v} | {p50:.2f} | {p99:.2f} | {rate:.0f} | {errors} | {cpu:.2f} |")
-        if len(rows) == 2:
-            (a50, a99, arate), (b50, b99, brate) = rows["balancer"], rows["balancer+redis"]
-            added.append(f"| {s} | added by Redis | {b50 - a50:+.2f} | {b99 - a99:+.2f} | {brate / arate:.2f}x | | |")
+        if "balancer" in rows:
+            a50, a99, arate = rows["balancer"]
+            for v in VARIANTS[1:]:
+                if v in rows:
+                    b50, b99, brate = rows[v]
+                    added.append(f"| {s} | added by {v[len('balancer'):]} | {b50 - a50:+.2f} | {b99 - a99:+.2f} | "
+                                 f"{brate / arate:.2f}x | | |")
     return "\n".join(lines + added)
 
 
@@ -140,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         redis_port = start_redis(procs, workdir)
         for s in scenarios:
             for r in range(rounds):
-                for v in (VARIANTS if r % 2 == 0 else tuple(reversed(VARIANTS))):
+                for v in VARIANTS[r % len(VARIANTS):] + VARIANTS[:r % len(VARIANTS)]:  # a new order each round
                     print(f"[bench] {s} round {r + 1}/{rounds}: {v} ...", file=sys.stderr, flush=True)
                     res = measure(s, params[s], v, procs, backend_port, redis_port, workdir)
                     res["round"] = r + 1
