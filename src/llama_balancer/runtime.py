@@ -100,7 +100,7 @@ class Runtime:
                             AccessLog(options.access_log, options.access_log_max_bytes, options.access_log_backups),
                             BackendSeries(options.dashboard_sample_s),
                             AccessStats(options.access_log_window_s, clock), EventCounts(),
-                            trusted=lambda: self.context.trusted)
+                            trusted=lambda: self.context.trusted, prefill=registry.record_prefill)
         router = Router(config=lambda: self.context.config, clock=clock, registry=registry, sticky=sticky,
                         affinity=affinity, queue=queue, metrics=metrics, notices=notices, watch=watch,
                         auth=lambda: self.context.auth, recorder=recorder)

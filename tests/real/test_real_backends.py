@@ -127,6 +127,9 @@ async def test_the_pinned_slot_is_the_one_llama_server_used_and_the_next_turn_re
 
     x1 = chat(PROMPT_A, "Tell me about apples.")
     first = await client.chat.completions.create(model=MODEL, messages=x1, max_tokens=8, temperature=0)
+    # The answer's timings taught the balancer this server's prefill pace (the cache hold's).
+    pace = runtime.context.registry.state("LS").pace.prefill_s_per_char
+    assert timings_of(first)["prompt_n"] > 100 and pace is not None and 0 < pace < 0.01
     (slot_x, how), = selections(server)
     assert how == f"id ({slot_x})", "the balancer pinned the slot: llama-server did not choose it"
     (launched_slot, task_x), = launches(server)

@@ -98,9 +98,10 @@ async def test_an_overloaded_cache_holder_loses_to_a_free_backend(sims, balancer
 
 @pytest.fixture
 async def one_server(sims, balancer, http):
-    """One llama-server with 2 slots whose answers take ~0.2 s (10 chunks 20 ms apart)."""
-    async def start(**routing):
-        b1 = await sims(name="B1", models=[MODEL], slots=2, fast=False, prompt_tps=200000, chunk_delay_s=0.02)
+    """One llama-server with 2 slots whose answers take ~0.2 s (10 chunks 20 ms apart) after
+    their prefill (``prompt_tps``: near nothing by default)."""
+    async def start(prompt_tps: int = 200000, **routing):
+        b1 = await sims(name="B1", models=[MODEL], slots=2, fast=False, prompt_tps=prompt_tps, chunk_delay_s=0.02)
         runtime = await balancer({
             "servers": {"B1": server_entry(b1, kind="llama.cpp")}, "models": {MODEL: ["B1"]},
             "balancer": {"trusted_proxies": ["127.0.0.1"], "routing": routing},
@@ -112,6 +113,29 @@ async def one_server(sims, balancer, http):
         assert [e["slot"] for e in b1.events] == [0, 1]
         return b1, runtime
     return start
+
+
+@pytest.mark.parametrize("hold_max_s, slot, reason, waited", [
+    (10.0, 0, "prefix", True),
+    (0.0, 1, "spare-slot", False),  # the fixed horizon alone: the slot frees too late for it
+], ids=["prefill-saved", "fixed-horizon"])
+async def test_on_a_slow_prefill_the_hold_lasts_as_long_as_the_prefill_it_saves(one_server, http, hold_max_s, slot,
+                                                                                 reason, waited):
+    # ~1,000-token prompts at 2,000 tokens/s: ~0.5 s of prefill each, ~0.7 s on a slot, far
+    # beyond the fixed 0.1 s; the first two answers' timings teach the balancer the pace.
+    b1, runtime = await one_server(prompt_tps=2000, cache_hold_s=0.1, cache_hold_max_s=hold_max_s)
+    assert runtime.context.registry.state("B1").pace.prefill_s_per_char is not None
+    a_task = asyncio.create_task(send(http, runtime, chat(SYSTEM_A, ["first", "w0", "second"], tokens=10), "10.0.0.1"))
+    await wait_until(lambda: runtime.context.registry.state("B1").total == 1)
+    # Taking idle slot 1 costs A's prompt (~0.5 s) and loses X's (~0.5 s); slot 0 frees in ~0.7.
+    _, answer = await send(http, runtime, chat(SYSTEM_A, ["another user"], tokens=1), "10.0.0.3")
+    await a_task
+    assert b1.events[-1]["slot"] == slot
+    assert (answer["timings"]["cache_n"] > 500) is waited
+    recent = next(r for r in runtime.context.stats.summary()["recent"] if r["ip"] == "10.0.0.3")
+    assert recent["reason"] == reason and (recent["queue_wait_ms"] > 100) is waited
+    assert runtime.context.registry.total_inflight() == 0 and len(runtime.context.queue) == 0
+    assert backend_of(await snapshot(http, runtime), "B1")["prefill_ms_per_kchar"] > 0
 
 
 @pytest.mark.parametrize("routing, slot, reason, waited", [

@@ -11,6 +11,7 @@ from llama_balancer.core.config import config_from_data
 from llama_balancer.core.placement import Place, PlacementKnobs, Queue, Target, place
 from llama_balancer.core.prefix import fingerprint
 from llama_balancer.core.signals import BackendLoad, Slot, SlotsInfo
+from llama_balancer.core.usage import Usage
 from llama_balancer.state.affinity import AffinityStore
 from llama_balancer.state.registry import Registry
 from llama_balancer.state.targets import build_targets
@@ -89,6 +90,42 @@ def test_no_hold_when_the_idle_slot_already_continues_the_prompt():
     assert place([busy(match=3900), own], None, PROMPT, hold_s=1.0) == Place("B", "m", "prefix", 0, 0)
 
 
+PACE = 0.001  # s of prefill per prompt char: a 4000-char prompt takes 4 s uncached
+
+
+def slow(wait: float, pace: float | None = PACE) -> Target:
+    """A slow server's busy slot holding 3800 chars of the prompt, freeing in ``wait`` s."""
+    return t("A", 0, load=2, busy_match=3800, busy_wait_s=wait, prefill_s_per_char=pace)
+
+
+def test_where_the_pace_is_known_a_wait_beyond_the_fixed_hold_is_taken_when_it_saves_prefill():
+    # Taking B's slot: 3500 chars to compute and 3500 of another prompt lost (held nowhere
+    # else) = 7 s at B's pace; waiting: 3 s + 200 chars = 3.2 s.
+    other_prompt = t("B", 1, idle_slots=(0,), slot_match={0: 500}, slot_cached={0: 4000},
+                     slot_spare={0: 0}, prefill_s_per_char=PACE)
+    decision = place([slow(3.0), other_prompt], None, PROMPT, hold_s=0.5, hold_max_s=10.0)
+    assert isinstance(decision, Queue) and decision.waiting_for_cache
+    # A slot whose prompt another slot holds too loses nothing: taking it costs 3.5 s.
+    spare = t("B", 1, idle_slots=(0,), slot_match={0: 500}, slot_cached={0: 4000},
+              slot_spare={0: 4000}, prefill_s_per_char=PACE)
+    assert isinstance(place([slow(3.0), spare], None, PROMPT, hold_s=0.5, hold_max_s=10.0), Queue)  # 3.2 < 3.5
+    assert place([slow(3.4), spare], None, PROMPT, hold_s=0.5, hold_max_s=10.0) == \
+        Place("B", "m", "prefix", 0, 0)  # 3.6 s of waiting > 3.5 s of prefill
+    fast = t("B", 1, idle_slots=(0,), slot_match={0: 500}, slot_cached={0: 4000},
+             slot_spare={0: 0}, prefill_s_per_char=PACE / 4)  # a 4x faster server: 1.75 s
+    assert place([slow(3.0), fast], None, PROMPT, hold_s=0.5, hold_max_s=10.0) == Place("B", "m", "prefix", 0, 0)
+
+
+def test_the_learnt_horizon_has_a_cap_and_needs_the_pace():
+    other_prompt = t("B", 1, idle_slots=(0,), slot_match={0: 500}, slot_cached={0: 4000}, slot_spare={0: 0})
+    taken = Place("B", "m", "prefix", 0, 0)
+    assert place([slow(3.0), other_prompt], None, PROMPT, hold_s=0.5, hold_max_s=2.5) == taken  # past the cap
+    assert place([slow(3.0, pace=None), other_prompt], None, PROMPT, hold_s=0.5, hold_max_s=10.0) == taken
+    # B's own pace unknown: the busy server's stands in for it (7 s), so the wait is taken.
+    assert isinstance(place([slow(3.0), other_prompt], None, PROMPT, hold_s=0.5, hold_max_s=10.0), Queue)
+    assert place([slow(None), other_prompt], None, PROMPT, hold_s=0.5, hold_max_s=10.0) == taken  # overrun
+
+
 def test_spare_counts_what_other_slots_hold_of_a_slots_prompt():
     store = AffinityStore(64)
     system = "You answer questions about the warehouse. " * 60  # 2 full blocks + a part
@@ -134,6 +171,26 @@ async def test_the_registry_learns_slot_turnover_and_targets_show_the_busy_slots
     [target] = build_targets(registry, affinity, ["B1"], "m", prompt, clock.monotonic(), routing)
     assert target.busy_match == 0 and target.idle_slots == (0, 1)
     assert registry.state("B1").pace.occupancy_s == pytest.approx(0.4 + 0.2 * (0.6 - 0.4))
+
+
+def test_the_registry_learns_the_prefill_pace_from_llama_servers_timings(clock):
+    config = config_from_data({"servers": {"B1": {"addr": "http://10.0.0.1", "health-port": 8080,
+                                                   "model-port": 8080, "kind": "llama.cpp"}},
+                               "models": {"m": ["B1"]}})
+    registry = Registry(config, clock)
+    registry.record_signals("B1", BackendLoad(0, 0, 2, 2), SlotsInfo((Slot(0, False), Slot(1, False))), "llama.cpp")
+    # 1000 of 1250 tokens evaluated in 400 ms; the prompt is 5000 chars: 4000 chars uncached.
+    registry.record_prefill("B1", Usage(1250, 8, 250, 50.0, 1000, 400.0), 5000)
+    assert registry.state("B1").pace.prefill_s_per_char == pytest.approx(0.4 / 4000)
+    registry.record_prefill("B1", Usage(1250, 8, 1240, 50.0, 10, 9.0), 5000)  # 40 chars: fixed costs, ignored
+    registry.record_prefill("B1", Usage(1250, 8, None, 50.0, None, None), 5000)  # no timings
+    assert registry.state("B1").pace.prefill_s_per_char == pytest.approx(0.4 / 4000)
+    registry.record_prefill("B1", Usage(1250, 8, 0, 50.0, 1250, 1000.0), 5000)  # 0.2 ms a char
+    assert registry.state("B1").pace.prefill_s_per_char == pytest.approx(1e-4 + 0.2 * (2e-4 - 1e-4))
+    [target] = build_targets(registry, AffinityStore(64), ["B1"], "m", fingerprint(chat("x")), clock.monotonic(),
+                             config.balancer.routing)
+    assert target.prefill_s_per_char == pytest.approx(1.2e-4)
+    assert registry.snapshot()[0]["prefill_ms_per_kchar"] == pytest.approx(120.0)
 
 
 async def test_a_slot_of_ours_that_ended_while_the_poll_was_out_still_reads_idle(clock):

@@ -15,7 +15,8 @@ USAGE = b'"usage":{"completion_tokens":4,"prompt_tokens":37,"total_tokens":41,"p
 CONTENT = b'data: {"choices":[{"finish_reason":null,"index":0,"delta":{"content":" link"}}],' + MODEL + b'}\n\n'
 FINISH = b'data: {"choices":[{"finish_reason":"length","index":0,"delta":{}}],' + MODEL
 
-WARM = Usage(prompt_tokens=37, completion_tokens=4, cached_tokens=36, generation_ms=2.468)
+WARM = Usage(prompt_tokens=37, completion_tokens=4, cached_tokens=36, generation_ms=2.468, prefill_tokens=1,
+             prefill_ms=1.151)
 
 
 def test_llama_server_json_answer_gives_the_whole_prompt_and_its_cached_part():
@@ -42,19 +43,19 @@ def test_a_streamed_text_completion_has_usage_and_timings_on_its_finish_chunk():
             b'"usage":{"completion_tokens":3,"prompt_tokens":14,"total_tokens":17,'
             b'"prompt_tokens_details":{"cached_tokens":13}},"id":"c-1","timings":{"cache_n":13,"prompt_n":1,'
             b'"prompt_ms":471.5,"predicted_n":3,"predicted_ms":135.5}}\n\ndata: [DONE]\n\n')
-    assert usage_from_tail(tail) == Usage(14, 3, 13, 135.5)
+    assert usage_from_tail(tail) == Usage(14, 3, 13, 135.5, 1, 471.5)
 
 
 def test_the_native_completion_counts_from_timings_not_tokens_cached():
     # tokens_cached is the slot's n_past, generated tokens included (16 here): never a prompt count
     answer = (b'{"content":"abc","stop":true,"tokens_evaluated":14,"tokens_cached":16,'
               b'"timings":{"cache_n":13,"prompt_n":1,"prompt_ms":931.2,"predicted_n":3,"predicted_ms":1165.6}}')
-    assert usage_from_tail(answer) == Usage(14, 3, 13, 1165.6)
+    assert usage_from_tail(answer) == Usage(14, 3, 13, 1165.6, 1, 931.2)
 
 
 def test_a_cold_prompt_has_zero_cached_tokens_not_none():
     tail = FINISH + b',"timings":{"cache_n":0,"prompt_n":37,"predicted_n":4,"predicted_ms":1570.3}}\n\ndata: [DONE]\n\n'
-    assert usage_from_tail(tail) == Usage(37, 4, 0, 1570.3)
+    assert usage_from_tail(tail) == Usage(37, 4, 0, 1570.3, 37)
 
 
 def test_an_openai_answer_gives_cached_tokens_as_part_of_prompt_tokens():
@@ -139,7 +140,7 @@ def test_a_response_counts_input_tokens_with_their_cached_part():
                  b'"usage":{"input_tokens":11,"output_tokens":3,"total_tokens":14,"input_tokens_details":'
                  b'{"cached_tokens":10}}},"timings":{"cache_n":10,"prompt_n":1,"prompt_ms":9.7,"predicted_n":3,'
                  b'"predicted_ms":13.962}}\n\n')
-    assert usage_from_tail(completed) == Usage(11, 3, 10, 13.962)
+    assert usage_from_tail(completed) == Usage(11, 3, 10, 13.962, 1, 9.7)
 
 
 def test_ollama_counts_come_from_the_last_line_and_eval_duration_is_in_nanoseconds():
@@ -158,7 +159,7 @@ def test_the_other_apis_counts_are_found_after_a_long_text():
                  b'[{"type":"output_text","text":"' + text + b'"}]}],"usage":{"input_tokens":11,"output_tokens":1200,'
                  b'"total_tokens":1211,"input_tokens_details":{"cached_tokens":10}}},"timings":{"cache_n":10,'
                  b'"prompt_n":1,"predicted_n":1200,"predicted_ms":900.5}}\n\n')
-    assert usage_from_tail(completed[-8192:]) == Usage(11, 1200, 10, 900.5)
+    assert usage_from_tail(completed[-8192:]) == Usage(11, 1200, 10, 900.5, 1)
     message = (b'{"content":[{"type":"text","text":"' + text + b'"}],"stop_reason":"end_turn",'
                b'"usage":{"cache_read_input_tokens":0,"input_tokens":20,"output_tokens":1200}}')
     assert usage_from_tail(message) == Usage(20, 1200, 0, None)

@@ -82,6 +82,9 @@ class RoutingOptions(BaseModel):
     # holds much more of its prompt (hold_min_gain_ratio of it) than any idle one, when that
     # slot is expected to free in time (0: never wait while a slot is idle).
     cache_hold_s: float = Field(0.5, ge=0)
+    # Where the server's prefill pace is known (llama-server's timings), longer: up to this
+    # long after arrival, when the wait costs less than the prefill and eviction it saves.
+    cache_hold_max_s: float = Field(10.0, ge=0)
     hold_min_gain_ratio: float = Field(0.25, ge=0, le=1)
     max_retries: int = Field(2, ge=0)
     retry_statuses: list[int] = Field(default_factory=lambda: [502, 503, 504])

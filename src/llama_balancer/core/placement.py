@@ -70,6 +70,7 @@ class Target:
     slot_spare: Mapping[int, int] = field(default_factory=dict)  # idle slot id -> of those, chars other slots hold too
     busy_match: int = 0  # the longest match among the slots our requests keep busy now
     busy_wait_s: float | None = None  # how long that slot should stay busy (None: unknown)
+    prefill_s_per_char: float | None = None  # the server's learnt prefill pace (None: unknown)
 
     @property
     def full(self) -> bool:
@@ -130,11 +131,13 @@ def place(
     prompt_chars: int,
     knobs: PlacementKnobs = PlacementKnobs(),
     hold_s: float = 0.0,
+    hold_max_s: float = 0.0,
 ) -> Decision:
     """Decide where a request goes; see the module docstring for the rules and their order.
 
     ``hold_s``: how much longer the request may wait for a busy slot that holds much more of
-    its prompt; ``Queue`` then, with ``waiting_for_cache`` set.
+    its prompt; ``hold_max_s``: how much longer where the wait saves more prefill than it
+    costs (``_worth_holding``); ``Queue`` then, with ``waiting_for_cache`` set.
     """
     pool = eligible(targets)
     if not pool:
@@ -151,7 +154,8 @@ def place(
     threshold = match_threshold(prompt_chars, knobs)
     # Rules about slots apply only where some target knows idle slots or a busy one of ours.
     if knobs.pin_slots and any(t.idle_slots or t.busy_wait_s is not None for t in pool):
-        if hold_s > 0 and _worth_holding(pool, fair, prompt_chars, threshold, knobs, hold_s):
+        if (hold_s > 0 or hold_max_s > 0) and \
+                _worth_holding(pool, fair, prompt_chars, threshold, knobs, hold_s, hold_max_s):
             return Queue("waiting for the busy slot that holds this prompt", waiting_for_cache=True)
         slotted = _slot_placement(fair, sticky, threshold, knobs)
         if slotted is not None:
@@ -273,26 +277,64 @@ def _slot_placement(fair: list[Target], sticky: tuple[str, str] | None, threshol
 
 
 def _worth_holding(pool: list[Target], fair: list[Target], prompt_chars: int, threshold: int,
-                   knobs: PlacementKnobs, hold_s: float) -> bool:
+                   knobs: PlacementKnobs, hold_s: float, hold_max_s: float) -> bool:
     """Wait for a busy slot rather than take an idle one: when it holds at least
     ``hold_min_gain_ratio`` of the prompt more than any idle slot (or a target without slot
-    information) does, and should free within ``hold_s``.
+    information) does, and should free in time. In time is within ``hold_s``, whatever the
+    servers' pace; or, where the prefill pace is known (``prefill_s_per_char``), within
+    ``hold_max_s`` if the wait plus the prefill left after it costs less than taking the
+    cheapest idle place: the part of the prompt it does not hold, plus the part of its
+    previous prompt that is lost with it (held nowhere else), at that server's pace.
 
     Taking the idle slot costs this prompt's prefill and evicts the prompt that slot held,
     which its owner and every later request sharing it then recompute: a cached prefix is
-    worth more than one prefill. The wait is bounded by the caller's budget and by the
-    slot's expected turnover (learnt per server, ``state/pace.py``; unknown -> no hold), so
-    a slot busy with a long generation is not waited for.
+    worth more than one prefill. On a slow server (a bigger model, a CPU box, long prompts)
+    a slot stays busy for seconds, beyond any fixed horizon, and yet the prefill a wait
+    saves there is seconds too; a horizon in seconds of prefill keeps each shared prompt
+    where it lives instead of overwriting another group's only copy elsewhere. The expected
+    wait is the slot's learnt turnover (``state/pace.py``; unknown or overrun -> no hold),
+    so a slot busy with a long generation is not waited for.
     """
     # Only a busy slot that frees in time and holds a meaningful match could be worth it.
-    waits = [t for t in pool if t.busy_wait_s is not None and t.busy_wait_s <= hold_s
+    horizon = max(hold_s, hold_max_s)
+    waits = [t for t in pool if t.busy_wait_s is not None and t.busy_wait_s <= horizon
              and t.busy_match >= threshold]
     if not waits:
         return False
-    here = max([t.slot_match.get(s, 0) for t in fair for s in t.idle_slots if s >= 0]
-               + [t.match_chars for t in fair if not any(s >= 0 for s in t.idle_slots)], default=0)
+    places = _idle_places(fair)
+    here = max((matched for _, matched, _ in places), default=0)
     need = max(threshold, knobs.hold_min_gain_ratio * prompt_chars)
-    return any(t.busy_match - here >= need for t in waits)
+    for t in waits:
+        if t.busy_match - here < need:
+            continue
+        wait = t.busy_wait_s or 0.0
+        if wait <= hold_s:
+            return True
+        pace = t.prefill_s_per_char
+        if pace is None or wait > hold_max_s:
+            continue
+        taking = min(((target.prefill_s_per_char or pace) * (prompt_chars - matched + lost)
+                      for target, matched, lost in places), default=None)
+        if taking is not None and wait + pace * (prompt_chars - t.busy_match) < taking:
+            return True
+    return False
+
+
+def _idle_places(fair: list[Target]) -> list[tuple[Target, int, int]]:
+    """Each place the request could take now, as (target, prompt chars it holds, chars of
+    another prompt lost by taking it): every known idle slot, and each target without slot
+    information (its server-level match; what it would evict is unknown)."""
+    places: list[tuple[Target, int, int]] = []
+    for target in fair:
+        slots = [slot for slot in target.idle_slots if slot >= 0]
+        if not slots:
+            places.append((target, target.match_chars, 0))
+            continue
+        for slot in slots:
+            matched = target.slot_match.get(slot, 0)
+            kept = max(target.slot_spare.get(slot, 0), matched)
+            places.append((target, matched, max(target.slot_cached.get(slot, 0) - kept, 0)))
+    return places
 
 
 def _sticky_target(fair: list[Target], sticky: tuple[str, str] | None) -> Target | None:

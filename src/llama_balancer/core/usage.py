@@ -38,7 +38,8 @@ from dataclasses import dataclass
 from .frozen import quick_init
 
 _VALUE = rb'\s*:\s*([0-9][0-9.eE+-]*)'
-_FIELD = re.compile(rb'"(prompt_tokens|completion_tokens|cached_tokens|predicted_n|prompt_n|cache_n|predicted_ms)"'
+_FIELD = re.compile(rb'"(prompt_tokens|completion_tokens|cached_tokens|predicted_n|prompt_n|cache_n|predicted_ms'
+                    rb'|prompt_ms)"'
                     + _VALUE)
 # Anthropic's, the Responses API's and Ollama's: scanned for only when the end of the tail
 # names one (each alternative slows the regex's scan of the whole tail).
@@ -57,6 +58,10 @@ class Usage:
     completion_tokens: int | None = None
     cached_tokens: int | None = None  # of prompt_tokens, served from the prompt cache
     generation_ms: float | None = None  # llama-server's predicted_ms, when reported
+    # llama-server's timings.prompt_n / prompt_ms: the uncached part it evaluated, and how
+    # long that took (the placement's hold weighs a wait against this server's prefill pace).
+    prefill_tokens: int | None = None
+    prefill_ms: float | None = None
 
 
 def usage_from_tail(tail: bytes) -> Usage | None:
@@ -82,7 +87,8 @@ def usage_from_tail(tail: bytes) -> Usage | None:
     generation_ms = _float(last.get(b"predicted_ms"))
     if generation_ms is None and b"eval_duration" in last:
         generation_ms = (_float(last[b"eval_duration"]) or 0.0) / 1e6  # Ollama's nanoseconds
-    return Usage(prompt, completion, cached, generation_ms)
+    return Usage(prompt, completion, cached, generation_ms, _int(last.get(b"prompt_n")),
+                 _float(last.get(b"prompt_ms")))
 
 
 def _prompt(last: dict[bytes, bytes]) -> int | None:

@@ -76,7 +76,8 @@ class Placer:
                     raise QueueTimeout(f"every backend for {resolved.requested!r} stayed full for "
                                        f"{routing.queue_timeout_s:g} s", headers={"Retry-After": "5"})
                 if decision.waiting_for_cache:  # re-decide at the latest when the hold ends
-                    remaining = min(remaining, max(ex.started + routing.cache_hold_s - now(), 0.001))
+                    hold_end = ex.started + max(routing.cache_hold_s, routing.cache_hold_max_s)
+                    remaining = min(remaining, max(hold_end - now(), 0.001))
                 await ticket.wait_turn(min(remaining, RECHECK_S))
         finally:
             if ticket is not None:
@@ -101,8 +102,12 @@ class Placer:
             decision = least_loaded(targets)
         else:
             sticky = self.sticky.target(ex.identity, resolved.requested)
-            hold_s = ex.started + routing.cache_hold_s - now if may_hold else 0.0
-            decision = place(targets, sticky, resolved.fingerprint.chars, routing.placement_knobs, hold_s)
+            hold_s = hold_max_s = 0.0
+            if may_hold and routing.cache_hold_s > 0:  # 0: never hold
+                hold_s = ex.started + routing.cache_hold_s - now
+                hold_max_s = ex.started + routing.cache_hold_max_s - now
+            decision = place(targets, sticky, resolved.fingerprint.chars, routing.placement_knobs, hold_s,
+                             hold_max_s)
         if isinstance(decision, Reject) and targets:
             # Every target looks unhealthy. Polls can be wrong (an agent down beside a working
             # model server), so like SPEC Part A the first listed one is tried as a last resort.

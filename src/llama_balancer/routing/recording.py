@@ -11,7 +11,7 @@ from typing import Callable
 
 from ..core.errors import BalancerError, QueueTimeout, UpstreamError
 from ..core.identity import TrustedProxies, client_ip
-from ..core.usage import usage_from_tail
+from ..core.usage import Usage, usage_from_tail
 from ..io.observability import AccessLog, Metrics
 from ..state.access_stats import AccessStats
 from ..state.clock import Clock
@@ -24,10 +24,12 @@ class Recorder:
     """Opens each exchange's record and, exactly once, hands the finished one to every sink."""
 
     def __init__(self, clock: Clock, metrics: Metrics, access_log: AccessLog, series: BackendSeries,
-                 stats: AccessStats, events: EventCounts, trusted: Callable[[], TrustedProxies]) -> None:
+                 stats: AccessStats, events: EventCounts, trusted: Callable[[], TrustedProxies],
+                 prefill: Callable[[str, Usage, int], None] | None = None) -> None:
         self.clock, self.metrics, self.access_log = clock, metrics, access_log
         self.series, self.stats, self.events = series, stats, events
         self._trusted = trusted  # replaced on reload, read per request
+        self._prefill = prefill  # the registry's prefill pace (Registry.record_prefill)
 
     def begin(self, request_id: str, path: str, endpoint_label: str, forwarded_for: str | None,
               peer: str | None) -> Exchange:
@@ -51,6 +53,9 @@ class Recorder:
             self._count_error(ex, error)
         usage = ex.usage
         ttft_s = ex.ttft_s if ex.streamed else None  # a plain answer's first byte is its whole body
+        if usage is not None and ex.server is not None and ex.prompt_chars and not ex.resumed_from \
+                and usage.prefill_ms and self._prefill is not None:
+            self._prefill(ex.server, usage, ex.prompt_chars)  # a resumed answer's timings are its last try's
         if ex.server is not None:
             self.series.observe(ex.server, ex.ended, ex.first_byte, ttft_s,
                                 usage.completion_tokens if usage else None, generating_from(ex))

@@ -92,6 +92,7 @@ class Router:
         """Try placements until one is accepted; each failure excludes its server."""
         excluded: set[str] = set()
         first_failure: str | None = None
+        ex.prompt_chars = resolved.fingerprint.chars
         while True:
             placed, lease = await self.placer.obtain(ex, resolved, excluded)
             config = self._config()  # current: a reload while queued may have added the server

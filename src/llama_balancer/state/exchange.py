@@ -30,6 +30,7 @@ class Exchange:
     retries: int = 0
     resumed_from: list[str] = field(default_factory=list)  # servers whose broken stream another continued
     usage: Usage | None = None
+    prompt_chars: int = 0  # the routed prompt's length in chars (its fingerprint's), 0 if none
     tail: list[bytes] = field(default_factory=list)
 
     @property

@@ -17,6 +17,7 @@ from ..core.profile import BackendProfile
 from ..core.replicas import replica_limit
 from ..core.routing import ServerView
 from ..core.signals import BackendLoad, SlotsInfo, emptied_idle_slot
+from ..core.usage import Usage
 from .clock import Clock, iso_utc
 from .leases import Admission, Lease
 from .pace import Pace
@@ -339,6 +340,12 @@ class Registry:
         if state is not None:
             state.failures = 0
 
+    def record_prefill(self, name: str, usage: Usage, prompt_chars: int) -> None:
+        """An answer's prefill timings (llama-server's), for the server's prefill pace."""
+        state = self._states.get(name)
+        if state is not None and usage.prefill_tokens and usage.prefill_ms and usage.prompt_tokens:
+            state.pace.observe_prefill(prompt_chars, usage.prompt_tokens, usage.prefill_tokens, usage.prefill_ms)
+
     def record_health(self, name: str, sample: HealthSample, url: str) -> None:
         state = self._states.get(name)
         if state is None:  # removed by a reload while the poll was running
@@ -414,6 +421,9 @@ class Registry:
             "polled_waiting": load.waiting if load else None,
             "kv_usage": load.kv_usage if load else None,
             "slot_occupancy_s": None if state.pace.occupancy_s is None else round(state.pace.occupancy_s, 3),
+            # The prefill pace the hold weighs waits against: ms per 1,000 uncached prompt chars.
+            "prefill_ms_per_kchar": None if state.pace.prefill_s_per_char is None
+            else round(state.pace.prefill_s_per_char * 1e6, 2),
             "slots_pinned": state.slots is not None and not state.clears_idle_slots,
             # Shared limits: the limit this replica applies now, and other replicas' places.
             "request_max_effective": state.limit,

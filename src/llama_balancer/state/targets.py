@@ -90,6 +90,7 @@ def _target(state: BackendState, instance: str, order: int, affinity: AffinitySt
         slot_spare=affinity.slot_spare(state.name, idle) if idle else {},
         busy_match=busy_match,
         busy_wait_s=busy_wait,
+        prefill_s_per_char=state.pace.prefill_s_per_char,
     )
 
 
