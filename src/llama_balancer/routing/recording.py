@@ -54,8 +54,8 @@ class Recorder:
         usage = ex.usage
         ttft_s = ex.ttft_s if ex.streamed else None  # a plain answer's first byte is its whole body
         if usage is not None and ex.server is not None and ex.prompt_chars and not ex.resumed_from \
-                and usage.prefill_ms and self._prefill is not None:
-            self._prefill(ex.server, usage, ex.prompt_chars)  # a resumed answer's timings are its last try's
+                and self._prefill is not None:  # a resumed answer's timings are its last try's
+            self._prefill(ex.server, usage, ex.prompt_chars)
         if ex.server is not None:
             self.series.observe(ex.server, ex.ended, ex.first_byte, ttft_s,
                                 usage.completion_tokens if usage else None, generating_from(ex))

@@ -341,7 +341,8 @@ class Registry:
             state.failures = 0
 
     def record_prefill(self, name: str, usage: Usage, prompt_chars: int) -> None:
-        """An answer's prefill timings (llama-server's), for the server's prefill pace."""
+        """An answer's prefill timings (llama-server's), for the server's prefill pace; an
+        answer without them (another kind of backend) teaches nothing."""
         state = self._states.get(name)
         if state is not None and usage.prefill_tokens and usage.prefill_ms and usage.prompt_tokens:
             state.pace.observe_prefill(prompt_chars, usage.prompt_tokens, usage.prefill_tokens, usage.prefill_ms)
