@@ -193,6 +193,43 @@ def test_the_registry_learns_the_prefill_pace_from_llama_servers_timings(clock):
     assert registry.snapshot()[0]["prefill_ms_per_kchar"] == pytest.approx(120.0)
 
 
+async def test_a_slots_expected_turnover_counts_the_prefill_its_request_was_placed_with(clock):
+    """One average turnover reads a slot busy with a cold prompt as overrun (nobody waits for
+    it) though it frees soon after: with the prefill pace known, the expected time is the
+    request's own prefill plus the usual rest, learnt from each release."""
+    config = config_from_data({"servers": {"B1": {"addr": "http://10.0.0.1", "health-port": 8080,
+                                                   "model-port": 8080, "kind": "llama.cpp"}},
+                               "models": {"m": ["B1"]}})
+    registry = Registry(config, clock)
+    affinity = AffinityStore(64)
+    registry.record_signals("B1", BackendLoad(0, 0, 2, 2), SlotsInfo((Slot(0, False), Slot(1, False))), "llama.cpp")
+    prompt = fingerprint(chat("The shared system prompt of conversation A. " * 80))
+    routing = config.balancer.routing
+    pace = registry.state("B1").pace
+    pace.prefill_s_per_char = 1e-3  # 1 s per 1,000 uncached chars
+
+    async with registry.slot("B1", "m", pinned=0, uncached_chars=100):  # 0.1 s of prefill
+        clock.advance(0.4)
+    assert pace.occupancy_s == pytest.approx(0.4) and pace.rest_s == pytest.approx(0.3)
+    async with registry.slot("B1", "m", pinned=0):  # the uncached part unknown: the rest learns nothing
+        clock.advance(0.5)
+    assert pace.rest_s == pytest.approx(0.3) and pace.occupancy_s == pytest.approx(0.42)
+
+    cold = 3000  # 3 s of prefill: 3.3 s expected, far past the 0.42 s average
+    async with registry.slot("B1", "m", pinned=0, uncached_chars=cold):
+        affinity.record("B1", "m", 0, prompt)
+        clock.advance(1.0)
+        [target] = build_targets(registry, affinity, ["B1"], "m", prompt, clock.monotonic(), routing)
+        assert target.busy_match == prompt.chars and target.busy_wait_s == pytest.approx(2.3)
+        assert registry.state("B1").pinned_uncached == {0: cold}
+        clock.advance(2.5)  # past its own expected time too: overrun
+        [target] = build_targets(registry, affinity, ["B1"], "m", prompt, clock.monotonic(), routing)
+        assert target.busy_wait_s is None
+    assert registry.state("B1").pinned_uncached == {}
+    assert pace.rest_s == pytest.approx(0.3 + 0.2 * (0.5 - 0.3))  # 3.5 s on the slot, 3 of it prefill
+    assert registry.snapshot()[0]["slot_rest_s"] == pytest.approx(0.34)
+
+
 async def test_a_slot_of_ours_that_ended_while_the_poll_was_out_still_reads_idle(clock):
     """The race seen on real llama-servers: the /slots answer is written while our request
     still runs, our request ends, then the answer arrives. The slot it shows busy was ours,

@@ -179,7 +179,11 @@ class Router:
                 lease.release()
             raise
         answered = _Answered(self, ex, resolved, last_try, config.balancer.routing.retry_statuses)
-        async with self.registry.slot(name, instance or "(none)", pinned, lease):
+        uncached = None  # of the prompt, what the pinned slot does not hold: its prefill there
+        if pinned is not None and resolved is not None:
+            fp = resolved.fingerprint
+            uncached = fp.chars - self.affinity.slot_match(name, (pinned,), fp).get(pinned, 0)
+        async with self.registry.slot(name, instance or "(none)", pinned, lease, uncached):
             if resolved is not None:
                 self.affinity.record(name, instance, pinned, resolved.fingerprint)
             try:

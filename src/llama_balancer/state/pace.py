@@ -7,6 +7,13 @@ requests keeps its slot, minus how long the current one has run, says when. Whet
 wait pays is the prefill it saves: llama-server reports, for every answer, the uncached
 tokens it evaluated and how long that took (``timings.prompt_n`` / ``prompt_ms``), which over
 the prompt's length in characters gives the server's seconds per uncached prompt character.
+
+One average turnover fits a slot badly where requests differ mostly in how much of their
+prompt is cached (a cold turn's prefill takes seconds on a slow server, a cached one
+milliseconds): a slot busy with a cold prompt "overruns" the average and nobody waits for
+it, though it frees soon after. So a request's expected time on its slot is also learnt in
+two parts: its prefill (the pace times the uncached characters it was placed with) and the
+rest (generation and fixed costs), whose running average is what each release teaches.
 """
 from __future__ import annotations
 
@@ -20,11 +27,29 @@ MIN_PREFILL_CHARS = 512  # below this a prefill's time is mostly fixed costs, no
 class Pace:
     occupancy_s: float | None = None  # a pinned request's time on its slot
     prefill_s_per_char: float | None = None  # seconds of prefill per uncached prompt character
+    rest_s: float | None = None  # a pinned request's time on its slot besides its prefill
 
-    def observe_occupancy(self, seconds: float) -> None:
-        if seconds > 0:
-            self.occupancy_s = seconds if self.occupancy_s is None else \
-                self.occupancy_s + WEIGHT * (seconds - self.occupancy_s)
+    def observe_occupancy(self, seconds: float, uncached_chars: int | None = None) -> None:
+        """One pinned request's time on its slot, placed with ``uncached_chars`` of its
+        prompt not cached there (None: not known)."""
+        if seconds <= 0:
+            return
+        self.occupancy_s = _averaged(self.occupancy_s, seconds)
+        prefill = self.prefill_s(uncached_chars)
+        if prefill is not None:
+            self.rest_s = _averaged(self.rest_s, max(seconds - prefill, 0.0))
+
+    def prefill_s(self, uncached_chars: int | None) -> float | None:
+        pace = self.prefill_s_per_char
+        return None if pace is None or uncached_chars is None else pace * max(uncached_chars, 0)
+
+    def expected_s(self, uncached_chars: int | None) -> float | None:
+        """How long a request placed with ``uncached_chars`` should keep its slot: its prefill
+        and the usual rest where both are learnt, else the usual turnover."""
+        prefill = self.prefill_s(uncached_chars)
+        if prefill is not None and self.rest_s is not None:
+            return prefill + self.rest_s
+        return self.occupancy_s
 
     def observe_prefill(self, prompt_chars: int, prompt_tokens: int, prefill_tokens: int,
                         prefill_ms: float) -> None:
@@ -36,6 +61,8 @@ class Pace:
         chars = prompt_chars * prefill_tokens / prompt_tokens
         if chars < MIN_PREFILL_CHARS:
             return
-        rate = prefill_ms / 1000.0 / chars
-        self.prefill_s_per_char = rate if self.prefill_s_per_char is None else \
-            self.prefill_s_per_char + WEIGHT * (rate - self.prefill_s_per_char)
+        self.prefill_s_per_char = _averaged(self.prefill_s_per_char, prefill_ms / 1000.0 / chars)
+
+
+def _averaged(mean: float | None, value: float) -> float:
+    return value if mean is None else mean + WEIGHT * (value - mean)

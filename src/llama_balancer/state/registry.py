@@ -62,6 +62,7 @@ class BackendState:
     slots: SlotsInfo | None = None
     pinned: dict[int, int] = field(default_factory=dict)  # slot id -> our requests pinned there
     pinned_since: dict[int, float] = field(default_factory=dict)  # slot id -> when the latest began
+    pinned_uncached: dict[int, int] = field(default_factory=dict)  # slot id -> the latest's uncached chars
     # Slot id -> other replicas' requests pinned there now (shared state): counted as busy,
     # and a poll that saw them busy is read as it is for our own.
     remote_pinned: dict[int, int] = field(default_factory=dict)
@@ -135,13 +136,16 @@ class BackendState:
 class InflightSlot:
     """Counts one request on server x instance while the ``async with`` body runs."""
 
-    __slots__ = ("_state", "_instance", "_held", "_pinned", "_on_release", "_now", "_since", "_lease", "_on_pin")
+    __slots__ = ("_state", "_instance", "_held", "_pinned", "_on_release", "_now", "_since", "_lease", "_on_pin",
+                 "_uncached")
 
     def __init__(self, state: BackendState, instance: str, pinned: int | None = None,
                  on_release: Callable[[], None] | None = None,
                  now: Callable[[], float] | None = None, lease: Lease | None = None,
-                 on_pin: Callable[[BackendState, int, bool], None] | None = None) -> None:
+                 on_pin: Callable[[BackendState, int, bool], None] | None = None,
+                 uncached_chars: int | None = None) -> None:
         self._state = state
+        self._uncached = uncached_chars  # of the prompt, not cached on the pinned slot (its prefill)
         self._lease = lease
         self._on_pin = on_pin
         self._instance = instance
@@ -159,6 +163,10 @@ class InflightSlot:
             state.pinned[self._pinned] = state.pinned.get(self._pinned, 0) + 1
             if self._now is not None:
                 self._since = state.pinned_since[self._pinned] = self._now()
+                if self._uncached is None:
+                    state.pinned_uncached.pop(self._pinned, None)
+                else:
+                    state.pinned_uncached[self._pinned] = self._uncached
             if self._on_pin is not None:
                 self._on_pin(state, self._pinned, True)
         self._held = True
@@ -186,8 +194,9 @@ class InflightSlot:
             else:
                 state.pinned.pop(self._pinned, None)
                 state.pinned_since.pop(self._pinned, None)
+                state.pinned_uncached.pop(self._pinned, None)
             if self._now is not None:
-                state.pace.observe_occupancy(self._now() - self._since)
+                state.pace.observe_occupancy(self._now() - self._since, self._uncached)
             if self._on_pin is not None:
                 self._on_pin(state, self._pinned, False)
         if self._lease is not None:
@@ -289,9 +298,12 @@ class Registry:
         """The state, or None when a reload removed the server (a poll may outlive it)."""
         return self._states.get(name)
 
-    def slot(self, name: str, instance: str, pinned: int | None = None, lease: Lease | None = None) -> InflightSlot:
+    def slot(self, name: str, instance: str, pinned: int | None = None, lease: Lease | None = None,
+             uncached_chars: int | None = None) -> InflightSlot:
+        """``uncached_chars``: of a pinned request's prompt, what its slot does not hold (its
+        prefill there), so the slot's expected turnover counts it (``Pace.expected_s``)."""
         return InflightSlot(self._states[name], instance, pinned, self.on_release, self._clock.monotonic,
-                            lease if lease is not NO_LEASE else None, self.on_pin)
+                            lease if lease is not NO_LEASE else None, self.on_pin, uncached_chars)
 
     def poll_mark(self, name: str) -> PollMark:
         """Our own share of a server's work as a poll is sent (see ``record_signals``)."""
@@ -422,6 +434,9 @@ class Registry:
             "polled_waiting": load.waiting if load else None,
             "kv_usage": load.kv_usage if load else None,
             "slot_occupancy_s": None if state.pace.occupancy_s is None else round(state.pace.occupancy_s, 3),
+            # Of it, what is not prefill (generation, fixed costs): a slot's expected turnover
+            # is this plus its request's uncached prompt at the prefill pace.
+            "slot_rest_s": None if state.pace.rest_s is None else round(state.pace.rest_s, 3),
             # The prefill pace the hold weighs waits against: ms per 1,000 uncached prompt chars.
             "prefill_ms_per_kchar": None if state.pace.prefill_s_per_char is None
             else round(state.pace.prefill_s_per_char * 1e6, 2),

@@ -101,8 +101,8 @@ def _remote(pins: dict[int, int], slots: SlotsInfo) -> int:
 def _best_busy_slot(state: BackendState, affinity: AffinityStore, idle: tuple[int, ...], fp: Fingerprint,
                     now: float) -> tuple[int, float | None]:
     """The longest match among the busy slots our own requests hold, and how long that slot
-    should stay busy (the server's usual occupancy minus the time it has run; None when
-    unknown or overrun: then nobody can say it frees soon)."""
+    should stay busy (its request's expected time on it, ``Pace.expected_s``, minus the time
+    it has run; None when unknown or overrun: then nobody can say it frees soon)."""
     ours = tuple(slot for slot in state.pinned_since if slot not in idle)
     if not ours:
         return 0, None
@@ -110,6 +110,6 @@ def _best_busy_slot(state: BackendState, affinity: AffinityStore, idle: tuple[in
     if not matches:
         return 0, None
     slot = max(matches, key=lambda s: (matches[s], -s))
-    occupancy = state.pace.occupancy_s
-    left = None if occupancy is None else occupancy - (now - state.pinned_since[slot])
+    expected = state.pace.expected_s(state.pinned_uncached.get(slot))
+    left = None if expected is None else expected - (now - state.pinned_since[slot])
     return matches[slot], left if left is not None and left > 0 else None
