@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from llama_balancer.core.config import config_from_data
+from llama_balancer.core.config import Config, config_from_data
 from llama_balancer.core.placement import Place, PlacementKnobs, Queue, Target, place
 from llama_balancer.core.prefix import fingerprint
 from llama_balancer.core.signals import BackendLoad, Slot, SlotsInfo
@@ -145,13 +145,19 @@ def test_spare_counts_what_other_slots_hold_of_a_slots_prompt():
     assert store.slot_spare("S2", (0,)) == {}
 
 
-async def test_the_registry_learns_slot_turnover_and_targets_show_the_busy_slots_match(clock):
+def one_llama_server(clock: Any) -> tuple[Config, Registry]:
+    """A config of one llama-server B1 serving m, and its registry with both slots idle."""
     config = config_from_data({"servers": {"B1": {"addr": "http://10.0.0.1", "health-port": 8080,
                                                    "model-port": 8080, "kind": "llama.cpp"}},
                                "models": {"m": ["B1"]}})
     registry = Registry(config, clock)
-    affinity = AffinityStore(64)
     registry.record_signals("B1", BackendLoad(0, 0, 2, 2), SlotsInfo((Slot(0, False), Slot(1, False))), "llama.cpp")
+    return config, registry
+
+
+async def test_the_registry_learns_slot_turnover_and_targets_show_the_busy_slots_match(clock):
+    config, registry = one_llama_server(clock)
+    affinity = AffinityStore(64)
     prompt = fingerprint(chat("The shared system prompt of conversation A. " * 80))
     routing = config.balancer.routing
 
@@ -174,11 +180,7 @@ async def test_the_registry_learns_slot_turnover_and_targets_show_the_busy_slots
 
 
 def test_the_registry_learns_the_prefill_pace_from_llama_servers_timings(clock):
-    config = config_from_data({"servers": {"B1": {"addr": "http://10.0.0.1", "health-port": 8080,
-                                                   "model-port": 8080, "kind": "llama.cpp"}},
-                               "models": {"m": ["B1"]}})
-    registry = Registry(config, clock)
-    registry.record_signals("B1", BackendLoad(0, 0, 2, 2), SlotsInfo((Slot(0, False), Slot(1, False))), "llama.cpp")
+    config, registry = one_llama_server(clock)
     # 1000 of 1250 tokens evaluated in 400 ms; the prompt is 5000 chars: 4000 chars uncached.
     registry.record_prefill("B1", Usage(1250, 8, 250, 50.0, 1000, 400.0), 5000)
     assert registry.state("B1").pace.prefill_s_per_char == pytest.approx(0.4 / 4000)
@@ -197,12 +199,8 @@ async def test_a_slots_expected_turnover_counts_the_prefill_its_request_was_plac
     """One average turnover reads a slot busy with a cold prompt as overrun (nobody waits for
     it) though it frees soon after: with the prefill pace known, the expected time is the
     request's own prefill plus the usual rest, learnt from each release."""
-    config = config_from_data({"servers": {"B1": {"addr": "http://10.0.0.1", "health-port": 8080,
-                                                   "model-port": 8080, "kind": "llama.cpp"}},
-                               "models": {"m": ["B1"]}})
-    registry = Registry(config, clock)
+    config, registry = one_llama_server(clock)
     affinity = AffinityStore(64)
-    registry.record_signals("B1", BackendLoad(0, 0, 2, 2), SlotsInfo((Slot(0, False), Slot(1, False))), "llama.cpp")
     prompt = fingerprint(chat("The shared system prompt of conversation A. " * 80))
     routing = config.balancer.routing
     pace = registry.state("B1").pace
