@@ -77,18 +77,24 @@ def usage_from_tail(tail: bytes) -> Usage | None:
         last.update(_OTHER_FIELD.findall(tail))
     if not last:
         return None
-    prompt, completion = _prompt(last), _first(last, b"completion_tokens", b"output_tokens", b"eval_count",
-                                               b"predicted_n")
+    get = last.get
+    prompt = _int(get(b"prompt_tokens"))
+    if prompt is None:
+        prompt = _prompt(last)
+    completion = _int(get(b"completion_tokens"))
+    if completion is None:
+        completion = _first(last, b"output_tokens", b"eval_count", b"predicted_n")
     if prompt is None and completion is None:
         return None
     cached = _first(last, b"cached_tokens", b"cache_read_input_tokens", b"cache_n")
     if cached is not None and prompt is not None:
         cached = min(cached, prompt)
-    generation_ms = _float(last.get(b"predicted_ms"))
+    generation_ms = _float(get(b"predicted_ms"))
     if generation_ms is None and b"eval_duration" in last:
         generation_ms = (_float(last[b"eval_duration"]) or 0.0) / 1e6  # Ollama's nanoseconds
-    return Usage(prompt, completion, cached, generation_ms, _int(last.get(b"prompt_n")),
-                 _float(last.get(b"prompt_ms")))
+    prompt_n, prompt_ms = get(b"prompt_n"), get(b"prompt_ms")
+    return Usage(prompt, completion, cached, generation_ms, None if prompt_n is None else _int(prompt_n),
+                 None if prompt_ms is None else _float(prompt_ms))
 
 
 def _prompt(last: dict[bytes, bytes]) -> int | None:
@@ -147,7 +153,7 @@ def head_of(first_piece: bytes) -> bytes:
 def _int(raw: bytes | None) -> int | None:
     if raw is None:
         return None
-    if raw.isdigit():
+    if raw.isdigit():  # bytes: ASCII digits only
         return int(raw)
     try:
         return int(raw)

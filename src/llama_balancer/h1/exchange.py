@@ -512,9 +512,11 @@ class ExchangeMachine:
 
     def _end_attempt(self, outcome: Outcome, reuse: bool) -> None:
         """The attempt's backend connection goes back (or closes) and the routing layer hears."""
-        if self._answer is None:
+        answer = self._answer
+        if answer is None:
             return
         self._answer = None
+        answer.release()
         self.fx.cancel_timer(Timer.UPSTREAM)
         if self._writing_paused:
             self.fx.resume_upstream()  # a slow client's push-back must not follow the connection

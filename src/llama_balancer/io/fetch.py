@@ -61,6 +61,7 @@ async def fetch_json(pool: WirePool, host: str, port: int, tls: bool, server: st
         raise UpstreamError(f"{where} {path} {exc.message}", kind=exc.kind, server=server) from None
     finally:
         conn.release(clean, sink.reader.head.keepalive_s if sink.reader.head is not None else None)
+        sink.reader.release()
     if status != 200:
         raise UpstreamError(f"{where} {path} answered HTTP {status}", kind=f"http_{status}", server=server)
     try:

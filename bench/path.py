@@ -1,0 +1,150 @@
+"""CPU per request of the whole native data path, without sockets: S1's request (the bytes
+wrk sends) fed to a ``FrontConnection``, read by llhttp, routed, written to a pooled upstream
+connection, answered with bench/backend.py's canned chat answer, relayed to the client and
+recorded, one request after the other on one kept-alive connection.
+
+Both transports are stand-ins that hand bytes over on the next loop iteration (as a socket's
+readiness would), so the event loop, tasks and futures are all there; the syscalls, the
+wake-ups of the peers and their noise are not. That makes it steady enough (about 1 % run to
+run) to judge a change of a few microseconds, which bench/run on this shared machine cannot
+(S1 varies by 10-20 % between runs). Figures go to stdout; nothing is asserted.
+
+Usage: ``.venv/bin/python bench/path.py [--requests N] [--stream EVENTS] [--profile OUT]``
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from backend import _DONE_CHUNK, _EVENTS, _REPLY_COMPLETION, _STREAM_HEAD  # noqa: E402
+
+from llama_balancer.core.config import parse_config  # noqa: E402
+from llama_balancer.http.front import Front, FrontConnection  # noqa: E402
+from llama_balancer.io.gpu import NoGpuSampler  # noqa: E402
+from llama_balancer.io.wire import UpstreamConnection  # noqa: E402
+from llama_balancer.io.wire_pool import WirePool  # noqa: E402
+from llama_balancer.runtime import Runtime  # noqa: E402
+
+CONFIG = {"servers": {"bench": {"addr": "http://127.0.0.1", "health-port": 9, "model-port": 9}},
+          "models": {"bench-model": ["bench"]}, "fallback_server": "bench", "balancer": {"access_log": "off"}}
+BODY = (b'{"model":"bench-model","messages":[{"role":"system","content":"You are a helpful assistant."},'
+        b'{"role":"user","content":"Say hello to the benchmark."}],"max_tokens":16}')
+STREAM_BODY = BODY[:-1] + b',"stream":true}'
+
+
+def request(body: bytes) -> bytes:
+    """The request wrk sends for S1 (bench/post.lua), byte for byte but the port."""
+    return (b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:18000\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+
+
+class _Transport(asyncio.Transport):
+    """Enough of a socket transport for the front and the pool; ``on_write`` sees every write."""
+
+    def __init__(self, on_write: Any) -> None:
+        super().__init__()
+        self._on_write = on_write
+        self._closing = False
+
+    def write(self, data: Any) -> None:
+        self._on_write(bytes(data))
+
+    def is_closing(self) -> bool:
+        return self._closing
+
+    def close(self) -> None:
+        self._closing = True
+
+    def abort(self) -> None:
+        self._closing = True
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return ("127.0.0.1", 40000) if name == "peername" else default
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+async def measure(requests: int, events: int, warmup: int = 2000) -> tuple[float, float]:
+    """(CPU µs, wall µs) per request over ``requests`` after a warm-up."""
+    loop = asyncio.get_running_loop()
+    runtime = Runtime(parse_config(orjson.dumps(CONFIG)), gpu_sampler=NoGpuSampler())
+    pool = WirePool(1.0, None, 0)
+    front = Front(runtime.context, lambda: None, pool)  # type: ignore[arg-type,return-value]
+    client = FrontConnection(front)
+    upstream = UpstreamConnection(pool, ("127.0.0.1", 9, False))
+    answer = _REPLY_COMPLETION if not events else _STREAM_HEAD + b"".join(_EVENTS[:events]) + _DONE_CHUNK
+    ending = answer[-16:]
+    payload = request(STREAM_BODY if events else BODY)
+    state: dict[str, Any] = {"left": 0, "done": None}
+    got: list[bytes] = []
+
+    def backend_got(data: bytes) -> None:
+        if data.startswith(b"POST "):
+            loop.call_soon(upstream.data_received, answer)
+
+    def client_got(data: bytes) -> None:
+        got.append(data)
+        if not (data.endswith(ending) or data.endswith(b"0\r\n\r\n")):
+            return
+        answer, got[:] = b"".join(got), []
+        if not answer.startswith(b"HTTP/1.1 200 "):
+            state["done"].set_exception(SystemExit(f"bench/path.py: the balancer answered {answer[:300]!r}"))
+            return
+        state["left"] -= 1
+        if state["left"] > 0:
+            loop.call_soon(client.data_received, payload)
+        else:
+            state["done"].set_result(None)
+
+    upstream.connection_made(_Transport(backend_got))
+    pool._open = 1
+    upstream.idle_since = time.monotonic()
+    pool.put_back(upstream)
+    client.connection_made(_Transport(client_got))
+
+    async def run(count: int) -> None:
+        state["left"], state["done"] = count, loop.create_future()
+        client.data_received(payload)
+        await asyncio.wait_for(state["done"], 60 + count / 100)
+
+    await run(warmup)  # warm-up: caches, the children of every metric
+    gc.collect()
+    cpu, wall = time.process_time(), time.perf_counter()
+    await run(requests)
+    return (time.process_time() - cpu) / requests * 1e6, (time.perf_counter() - wall) / requests * 1e6
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--requests", type=int, default=20000)
+    ap.add_argument("--stream", type=int, default=0, metavar="EVENTS",
+                    help="a streamed answer of this many events (one write each) instead of S1's plain one")
+    ap.add_argument("--warmup", type=int, default=2000, help="requests before the measured ones")
+    args = ap.parse_args()
+    gc.freeze()
+    gc.set_threshold(50_000, 50, 100)  # as runtime.run sets it
+    try:
+        import uvloop
+    except ImportError:
+        cpu, wall = asyncio.run(measure(args.requests, args.stream, args.warmup))
+    else:
+        cpu, wall = uvloop.run(measure(args.requests, args.stream, args.warmup))
+    kind = f"streamed, {args.stream} events" if args.stream else "plain (S1)"
+    print(f"data path, no sockets, {kind}: {cpu:.1f} us CPU/request ({wall:.1f} us wall)")
+
+
+if __name__ == "__main__":
+    main()
