@@ -4,18 +4,22 @@ connection, answered with bench/backend.py's canned chat answer, relayed to the 
 recorded, one request after the other on one kept-alive connection.
 
 Both transports are stand-ins that hand bytes over on the next loop iteration (as a socket's
-readiness would), so the event loop, tasks and futures are all there; the syscalls, the
-wake-ups of the peers and their noise are not. That makes it steady enough (about 1 % run to
-run) to judge a change of a few microseconds, which bench/run on this shared machine cannot
-(S1 varies by 10-20 % between runs). Figures go to stdout; nothing is asserted.
+readiness would), so the event loop, tasks and futures are all there; the syscalls and the
+wake-ups of the peers are not. Its time per request still varies by some 10 % run to run on a
+shared VM; ``--instructions`` counts instead what one request executes (valgrind's
+cachegrind, two runs of different lengths, their difference), exact to about 0.5 %, which
+judges a change of a microsecond. Figures go to stdout; nothing is asserted.
 
-Usage: ``.venv/bin/python bench/path.py [--requests N] [--stream EVENTS] [--profile OUT]``
+Usage: ``.venv/bin/python bench/path.py [--requests N] [--stream EVENTS] [--instructions]``
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
 import gc
+import re
+import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -127,13 +131,41 @@ async def measure(requests: int, events: int, warmup: int = 2000) -> tuple[float
     return (time.process_time() - cpu) / requests * 1e6, (time.perf_counter() - wall) / requests * 1e6
 
 
+def instructions(args: argparse.Namespace) -> int:
+    """Instructions one request executes: this script under cachegrind for 200 and for
+    ``200 + args.requests`` requests (the same warm-up), the difference over the extra ones."""
+    valgrind = shutil.which("valgrind")
+    if valgrind is None:
+        raise SystemExit("bench/path.py: --instructions needs valgrind (apt-get install valgrind)")
+    counts = []
+    runs = [subprocess.Popen([valgrind, "--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=/dev/null",
+                              sys.executable, __file__, "--requests", str(n), "--warmup", "300",
+                              "--stream", str(args.stream)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                             text=True) for n in (200, 200 + args.requests)]
+    for run in runs:
+        _, err = run.communicate()
+        found = re.search(r"I\s+refs:\s+([0-9,]+)", err)
+        if run.returncode != 0 or found is None:
+            raise SystemExit(f"bench/path.py: the run under valgrind failed:\n{err[-2000:]}")
+        counts.append(int(found.group(1).replace(",", "")))
+    return (counts[1] - counts[0]) // args.requests
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--requests", type=int, default=20000)
+    ap.add_argument("--requests", type=int, default=None, help="measured requests (20000; 1000 with --instructions)")
     ap.add_argument("--stream", type=int, default=0, metavar="EVENTS",
-                    help="a streamed answer of this many events (one write each) instead of S1's plain one")
+                    help="a streamed answer of this many events (in one read) instead of S1's plain one")
     ap.add_argument("--warmup", type=int, default=2000, help="requests before the measured ones")
+    ap.add_argument("--instructions", action="store_true",
+                    help="count instructions per request under valgrind instead (--requests 1000 by default)")
     args = ap.parse_args()
+    kind = f"streamed, {args.stream} events" if args.stream else "plain (S1)"
+    if args.instructions:
+        args.requests = args.requests or 1000
+        print(f"data path, no sockets, {kind}: {instructions(args):,} instructions/request")
+        return
+    args.requests = args.requests or 20000
     gc.freeze()
     gc.set_threshold(50_000, 50, 100)  # as runtime.run sets it
     try:
@@ -142,7 +174,6 @@ def main() -> None:
         cpu, wall = asyncio.run(measure(args.requests, args.stream, args.warmup))
     else:
         cpu, wall = uvloop.run(measure(args.requests, args.stream, args.warmup))
-    kind = f"streamed, {args.stream} events" if args.stream else "plain (S1)"
     print(f"data path, no sockets, {kind}: {cpu:.1f} us CPU/request ({wall:.1f} us wall)")
 
 

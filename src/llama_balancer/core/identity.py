@@ -20,11 +20,12 @@ def user_from_request(payload: Any) -> str | None:
     Responses API's ``input`` items)."""
     if not isinstance(payload, dict):
         return None
-    for key in ("system", "instructions"):
-        for text in _texts(payload.get(key)):
-            found = _NAME.search(text)
-            if found:
-                return next(group for group in found.groups() if group)
+    if "system" in payload or "instructions" in payload:
+        for key in ("system", "instructions"):
+            for text in _texts(payload.get(key)):
+                found = _NAME.search(text)
+                if found:
+                    return next(group for group in found.groups() if group)
     messages = payload.get("messages")
     return user_from_messages(messages if messages is not None else payload.get("input"))
 
@@ -36,7 +37,8 @@ def user_from_messages(messages: Any) -> str | None:
     for message in messages:
         if not isinstance(message, dict) or message.get("role") != "system":
             continue
-        for text in _texts(message.get("content")):
+        content = message.get("content")
+        for text in (content,) if isinstance(content, str) else _texts(content):
             found = _NAME.search(text)
             if found:
                 return next(group for group in found.groups() if group)

@@ -67,14 +67,15 @@ class Usage:
 def usage_from_tail(tail: bytes) -> Usage | None:
     """The last ``usage`` numbers in ``tail``, completed from llama-server ``timings``; None
     if neither says anything."""
-    end = tail[-_END_BYTES:]  # where every one of these answers has its final counts
-    others = b'put_tokens"' in end or b'eval_count"' in end  # (cache_read_)in/output_tokens, (prompt_)eval_count
-    if not others and b'"usage"' not in tail and b'"timings"' not in tail:
-        return None
+    marked = b'"usage"' in tail or b'"timings"' in tail
     # Later occurrences win: the final chunk is the complete one.
-    last: dict[bytes, bytes] = dict(_FIELD.findall(tail))
-    if others:
-        last.update(_OTHER_FIELD.findall(tail))
+    last: dict[bytes, bytes] = dict(_FIELD.findall(tail)) if marked else {}
+    if b"prompt_tokens" not in last or b"completion_tokens" not in last:  # not OpenAI's whole usage
+        end = tail[-_END_BYTES:]  # where every one of these answers has its final counts
+        if b'put_tokens"' in end or b'eval_count"' in end:  # (cache_read_)in/output_tokens, (prompt_)eval_count
+            if not marked:
+                last = dict(_FIELD.findall(tail))
+            last.update(_OTHER_FIELD.findall(tail))
     if not last:
         return None
     get = last.get

@@ -24,6 +24,7 @@ import httptools
 from ..core.errors import BadRequest
 
 _VISIBLE = bytes(range(0x21, 0x7F))  # all a request line holds, besides its two spaces
+_FRAMING_INITIALS = frozenset(b"cCtTeE")  # of Content-Length, Transfer-Encoding, Expect
 HEAD_BYTES = 65536  # a whole head's limit (each field's own is the caller's max_field_bytes)
 
 
@@ -199,9 +200,6 @@ class RequestReader:
             return
         self._check_head()
         self._pending_head = 0
-        # llhttp drops the OWS before a value; the OWS after it is not part of it either (RFC 9112 5)
-        self._headers = [(name.decode("latin-1"), value.decode("latin-1").rstrip(" \t"))
-                         for name, value in self._raw_headers]
         parser = self._parser
         version = parser.get_http_version()
         if version not in ("1.1", "1.0"):
@@ -211,7 +209,13 @@ class RequestReader:
         self._head_done = True
         length: int | None = None
         chunked = expect = False
-        for name, value in self._headers:
+        self._headers = headers = []
+        for raw_name, raw_value in self._raw_headers:
+            # llhttp drops the OWS before a value; the OWS after it is not part of it either (RFC 9112 5)
+            name, value = raw_name.decode("latin-1"), raw_value.decode("latin-1").rstrip(" \t")
+            headers.append((name, value))
+            if len(raw_name) < 6 or raw_name[0] not in _FRAMING_INITIALS:
+                continue  # not one of the three below (the common case, one byte compared)
             low = name.lower()
             if low == "content-length":
                 length = int(value)  # llhttp checked: ASCII digits, one value, no Transfer-Encoding

@@ -286,14 +286,16 @@ class FrontConnection(asyncio.Protocol):
         request_id = request_id_from(headers.get("X-Request-Id"))
         ex: Exchange | None = None
         error: BaseException | None = None
-        self._cors = tuple(answer_lines(ctx.config.balancer.cors_origins, headers.get("Origin")))
+        origins = ctx.config.balancer.cors_origins
+        self._cors = tuple(answer_lines(origins, headers.get("Origin"))) if origins else ()
         try:
-            token = bearer_token(from_latin1(headers.get("Authorization")), from_latin1(headers.get("x-api-key")))
-            unauthorized = auth_refusal(ctx.auth, head.method, head.path, token)
-            if unauthorized is not None:
-                ctx.recorder.refused(unauthorized)
-                self.machine.fail(unauthorized, request_id, self._cors)
-                return
+            if ctx.auth.enabled:
+                token = bearer_token(from_latin1(headers.get("Authorization")), from_latin1(headers.get("x-api-key")))
+                unauthorized = auth_refusal(ctx.auth, head.method, head.path, token)
+                if unauthorized is not None:
+                    ctx.recorder.refused(unauthorized)
+                    self.machine.fail(unauthorized, request_id, self._cors)
+                    return
             ex = ctx.recorder.begin(request_id, head.path, head.path, headers.get("X-Forwarded-For"), self.peer)
             if refusal is not None:
                 raise refusal
@@ -322,12 +324,11 @@ class FrontConnection(asyncio.Protocol):
         front = self.front
         name = ex.server or ""
         host, port, tls, host_header = front.address_of(server)
-        where = f"backend {name!r} ({server.model_base}{call.path_qs})"
         options = front.ctx.config.balancer
         pool = front.pool
         relay = self._relay
         if self.machine.resuming and relay is not None:  # the stream broke elsewhere: this server continues it
-            request = await self._continuation(relay, server, name, call, headers, body, where)
+            request = await self._continuation(relay, server, name, call, headers, body, _where(name, server, call))
         else:
             request = request_bytes(call.method, call.path_qs, host_header, headers.items(), body)
             relay = self._relay = self._relay_for(name, call)
@@ -342,8 +343,9 @@ class FrontConnection(asyncio.Protocol):
                        is_cors_header if options.cors_origins else None, tail, relay, HOLD_BYTES)
         fresh = False
         while True:
-            conn = (None if fresh else pool.pooled(host, port, tls, name)) or await pool.connect(host, port, tls,
-                                                                                                  name, where)
+            conn = None if fresh else pool.pooled(host, port, tls, name)
+            if conn is None:
+                conn = await pool.connect(host, port, tls, name, _where(name, server, call))
             if self.machine.state is not State.ROUTING:  # the client left while we connected
                 conn.release(False, None)
                 raise ConnectionResetError("the client went away")
@@ -373,16 +375,16 @@ class FrontConnection(asyncio.Protocol):
             if error.kind == "reset" and conn.reused and not report.got_bytes and not fresh:
                 fresh = True  # a pooled connection the backend had closed: once more on a new one
                 continue
-            raise type(error)(f"{where} {error.message}", kind=error.kind, server=name)
+            raise type(error)(f"{_where(name, server, call)} {error.message}", kind=error.kind, server=name)
 
     def _relay_for(self, name: str, call: Call) -> EventRelay | None:
         """An event-by-event relay for a stream a llama-server gives, when resume is on: it
         may be continued elsewhere if it breaks, or ends with an SSE error event if not."""
-        ctx = self.front.ctx
-        if ctx.config.balancer.resume == "off" or call.path not in RESUMABLE_PATHS:
-            return None
         payload = call.payload
         if not isinstance(payload, dict) or payload.get("stream") is not True:
+            return None
+        ctx = self.front.ctx
+        if ctx.config.balancer.resume == "off" or call.path not in RESUMABLE_PATHS:
             return None
         state = ctx.registry.find(name)
         if state is None or state.kind != "llama.cpp":
@@ -451,6 +453,11 @@ class FrontConnection(asyncio.Protocol):
         waiter, self._waiter = self._waiter, None
         if waiter is not None and not waiter.done():
             waiter.set_result((outcome, report))
+
+
+def _where(name: str, server: ServerConfig, call: Call) -> str:
+    """The subject of an attempt's error messages, put together only when one is written."""
+    return f"backend {name!r} ({server.model_base}{call.path_qs})"
 
 
 def _new_request_id() -> str:

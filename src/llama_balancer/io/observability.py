@@ -9,13 +9,17 @@ import logging
 import logging.handlers
 import queue
 import sys
+import time
+from bisect import bisect_left
 from typing import Any, Callable, Iterable
 
 import aiohttp.http_exceptions
 import orjson
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
+from prometheus_client.samples import Sample
+from prometheus_client.utils import floatToGoString
 
 from ..state.clock import iso_utc
 from ..state.exchange import Exchange
@@ -28,21 +32,8 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 
 class Metrics:
     def __init__(self, registry: Registry, extra_gauges: Callable[[], Iterable[GaugeMetricFamily]] | None = None) -> None:
         self.prom = CollectorRegistry(auto_describe=True)
-        labels = ["model", "server", "instance", "endpoint", "status", "outcome"]
-        self.requests = Counter("llama_balancer_requests", "Requests by status sent and outcome.", labels,
-                                registry=self.prom)
-        self.duration = Histogram("llama_balancer_request_duration_seconds", "Request time, first byte in to last byte out.",
-                                  ["model", "server", "endpoint"], buckets=LATENCY_BUCKETS, registry=self.prom)
-        self.ttft = Histogram("llama_balancer_time_to_first_token_seconds",
-                              "Time to the first body byte relayed, streamed answers (text/event-stream) only.",
-                              ["model", "server", "endpoint"], buckets=LATENCY_BUCKETS, registry=self.prom)
-        self.prompt_tokens = Counter("llama_balancer_prompt_tokens", "Prompt tokens reported by backends, cached ones included.",
-                                     ["model", "server"], registry=self.prom)
-        self.cached_tokens = Counter("llama_balancer_prompt_cached_tokens",
-                                     "Of the prompt tokens, those the backend served from its prompt cache "
-                                     "(counted where it reports them).", ["model", "server"], registry=self.prom)
-        self.completion_tokens = Counter("llama_balancer_completion_tokens", "Completion tokens reported by backends.",
-                                         ["model", "server"], registry=self.prom)
+        self._exchanges = _ExchangeMetrics()
+        self.prom.register(self._exchanges)
         self.retries = Counter("llama_balancer_retries", "Requests sent again to another backend before the first byte.",
                                ["server", "kind"], registry=self.prom)
         self.resumes = Counter("llama_balancer_resumes", "Streams broken after their first byte, by what came of "
@@ -56,7 +47,6 @@ class Metrics:
         self.queue_timeouts = Counter("llama_balancer_queue_timeouts", "Requests answered 503 after waiting in the queue.",
                                       registry=self.prom)
         self.prom.register(_StateCollector(registry, extra_gauges))
-        self._children: dict[tuple[str, str, str, str, str, str], tuple[Any, Any, Any, Any, Any, Any]] = {}
 
     def observe(self, ex: Exchange) -> None:
         server = ex.server or "(none)"
@@ -64,42 +54,20 @@ class Metrics:
         # ended (completed, client_closed, upstream_error, rejected, error) is the outcome.
         status = "none" if ex.status is None else str(ex.status)
         instance = ex.instance or "" if ex.model_label != "(other)" else "(other)"
-        requests, duration, ttft, prompt, cached, completion = self._bundle(
-            ex.model_label, server, instance, ex.endpoint_label, status, ex.outcome)
-        requests.inc()
+        bundle = self._exchanges.bundle(ex.model_label, server, instance, ex.endpoint_label, status, ex.outcome)
+        bundle.requests.value += 1
         if ex.ended is not None:  # ex.duration_s
-            duration.observe(ex.ended - ex.started)
+            bundle.duration.observe(ex.ended - ex.started)
         if ex.first_byte is not None and ex.streamed:  # ex.ttft_s; a plain answer's first byte says nothing
-            ttft.observe(ex.first_byte - ex.started)
+            bundle.ttft.observe(ex.first_byte - ex.started)
         usage = ex.usage
         if usage is not None:
             if usage.prompt_tokens:
-                prompt.inc(usage.prompt_tokens)
+                bundle.prompt.add(usage.prompt_tokens)
                 if usage.cached_tokens is not None:  # created at 0 too: a cold cache reads 0 %, not "no data"
-                    cached.inc(usage.cached_tokens)
+                    bundle.cached.add(usage.cached_tokens)
             if usage.completion_tokens:
-                completion.inc(usage.completion_tokens)
-
-    def _bundle(self, model: str, server: str, instance: str, endpoint: str, status: str,
-                outcome: str) -> tuple[Any, Any, Any, Any, Any, Any]:
-        """The six labelled children one exchange may touch, looked up once together.
-
-        Each ``metric.labels(...)`` costs a lock and a few dict lookups, and creates the
-        child (a zero sample in the exposition); only ``requests`` is created up front, the
-        others on first use, exactly as calling ``labels`` where they are used would.
-        """
-        key = (model, server, instance, endpoint, status, outcome)
-        bundle = self._children.get(key)
-        if bundle is None:
-            bundle = self._children[key] = (
-                self.requests.labels(model, server, instance, endpoint, status, outcome),
-                _Lazy(self.duration, (model, server, endpoint)),
-                _Lazy(self.ttft, (model, server, endpoint)),
-                _Lazy(self.prompt_tokens, (model, server)),
-                _Lazy(self.cached_tokens, (model, server)),
-                _Lazy(self.completion_tokens, (model, server)),
-            )
-        return bundle
+                bundle.completion.add(usage.completion_tokens)
 
     def totals(self, counter: Counter) -> dict[tuple[str, ...], float]:
         """A counter's current value per label set (for the dashboard's recent counts)."""
@@ -114,28 +82,145 @@ class Metrics:
         return generate_latest(self.prom)
 
 
-class _Lazy:
-    """A labelled child created on first use (so the exposition lists only children that
-    were used), then called directly."""
+class _Count:
+    """One label set's counter: its value and when it was created (its ``_created`` sample)."""
 
-    __slots__ = ("_metric", "_labels", "_child")
+    __slots__ = ("value", "created", "_family", "_labels")
 
-    def __init__(self, metric: Any, labels: tuple[str, ...]) -> None:
-        self._metric = metric
+    def __init__(self, family: dict[tuple[str, ...], "_Count"] | None, labels: tuple[str, ...]) -> None:
+        self.value = 0.0
+        self.created = time.time()
+        self._family = family  # None: listed from the start (the requests counter)
         self._labels = labels
-        self._child: Any = None
 
-    def inc(self, amount: float = 1) -> None:
-        child = self._child
-        if child is None:
-            child = self._child = self._metric.labels(*self._labels)
-        child.inc(amount)
+    def add(self, amount: float) -> None:
+        """Listed in the exposition from its first use on (as a prometheus-client child)."""
+        family = self._family
+        if family is not None:
+            self.created = time.time()
+            family[self._labels] = self
+            self._family = None
+        self.value += amount
+
+
+class _Buckets:
+    """One label set's histogram: observations per bucket (not cumulative), their sum."""
+
+    __slots__ = ("counts", "total", "created", "_family", "_labels")
+
+    def __init__(self, family: dict[tuple[str, ...], "_Buckets"], labels: tuple[str, ...]) -> None:
+        self.counts = [0] * len(_BOUNDS)
+        self.total = 0.0
+        self.created = 0.0
+        self._family: dict[tuple[str, ...], _Buckets] | None = family
+        self._labels = labels
 
     def observe(self, amount: float) -> None:
-        child = self._child
-        if child is None:
-            child = self._child = self._metric.labels(*self._labels)
-        child.observe(amount)
+        family = self._family
+        if family is not None:
+            self.created = time.time()
+            family[self._labels] = self
+            self._family = None
+        self.total += amount
+        at = bisect_left(_BOUNDS, amount)  # the first bucket whose bound is >= amount
+        if at < len(_BOUNDS):
+            self.counts[at] += 1
+
+
+class _Bundle:
+    """What one exchange's labels touch: its requests counter and the label sets of the
+    histograms and token counters it shares with others (model x server x endpoint, model x
+    server), looked up once per label combination."""
+
+    __slots__ = ("requests", "duration", "ttft", "prompt", "cached", "completion")
+
+    def __init__(self, requests: _Count, duration: _Buckets, ttft: _Buckets, prompt: _Count, cached: _Count,
+                 completion: _Count) -> None:
+        self.requests, self.duration, self.ttft = requests, duration, ttft
+        self.prompt, self.cached, self.completion = prompt, cached, completion
+
+
+_BOUNDS = (*LATENCY_BUCKETS, float("inf"))
+_REQUEST_LABELS = ("model", "server", "instance", "endpoint", "status", "outcome")
+_TIMED_LABELS = ("model", "server", "endpoint")
+_TOKEN_LABELS = ("model", "server")
+_COUNTERS = (
+    ("llama_balancer_prompt_tokens", "Prompt tokens reported by backends, cached ones included."),
+    ("llama_balancer_prompt_cached_tokens", "Of the prompt tokens, those the backend served from its prompt cache "
+                                            "(counted where it reports them)."),
+    ("llama_balancer_completion_tokens", "Completion tokens reported by backends."),
+)
+
+
+class _ExchangeMetrics(Collector):
+    """The counters and histograms every finished exchange feeds, kept as plain numbers and
+    turned into Prometheus families at scrape time, with the names, labels and samples
+    prometheus-client's ``Counter`` and ``Histogram`` give them (a test compares the two).
+
+    A prometheus-client child takes a lock and a few calls per update, and its histogram a
+    Python loop over the buckets: six of those per request were about 4 % of its CPU
+    (bench/path.py). The balancer updates them from the event loop's thread only."""
+
+    def __init__(self) -> None:
+        self._requests: dict[tuple[str, ...], _Count] = {}
+        self._duration: dict[tuple[str, ...], _Buckets] = {}
+        self._ttft: dict[tuple[str, ...], _Buckets] = {}
+        self._tokens: tuple[dict[tuple[str, ...], _Count], ...] = ({}, {}, {})
+        self._bundles: dict[tuple[str, ...], _Bundle] = {}
+        self._shared: dict[tuple[str, ...], object] = {}  # the label sets bundles share, by kind and labels
+
+    def bundle(self, model: str, server: str, instance: str, endpoint: str, status: str, outcome: str) -> _Bundle:
+        key = (model, server, instance, endpoint, status, outcome)
+        bundle = self._bundles.get(key)
+        if bundle is None:
+            requests = self._requests[key] = _Count(None, key)  # created at once, as labels() would
+            timed, tokens = (model, server, endpoint), (model, server)
+            bundle = self._bundles[key] = _Bundle(
+                requests, self._shared_one("duration", timed, lambda: _Buckets(self._duration, timed)),
+                self._shared_one("ttft", timed, lambda: _Buckets(self._ttft, timed)),
+                *(self._shared_one(str(i), tokens, lambda i=i: _Count(self._tokens[i], tokens)) for i in range(3)))
+        return bundle
+
+    def _shared_one(self, kind: str, labels: tuple[str, ...], make: Callable[[], Any]) -> Any:
+        key = (kind, *labels)
+        found = self._shared.get(key)
+        if found is None:
+            found = self._shared[key] = make()
+        return found
+
+    def describe(self) -> Iterable[Any]:
+        return [CounterMetricFamily("llama_balancer_requests", ""),
+                HistogramMetricFamily("llama_balancer_request_duration_seconds", ""),
+                HistogramMetricFamily("llama_balancer_time_to_first_token_seconds", ""),
+                *(CounterMetricFamily(name, "") for name, _ in _COUNTERS)]
+
+    def collect(self) -> Iterable[Any]:
+        requests = CounterMetricFamily("llama_balancer_requests", "Requests by status sent and outcome.",
+                                       labels=_REQUEST_LABELS)
+        for labels, count in list(self._requests.items()):
+            requests.add_metric(labels, count.value, created=count.created)
+        yield requests
+        yield _histogram("llama_balancer_request_duration_seconds", "Request time, first byte in to last byte out.",
+                         self._duration)
+        yield _histogram("llama_balancer_time_to_first_token_seconds",
+                         "Time to the first body byte relayed, streamed answers (text/event-stream) only.", self._ttft)
+        for (name, documentation), family in zip(_COUNTERS, self._tokens):
+            counter = CounterMetricFamily(name, documentation, labels=_TOKEN_LABELS)
+            for labels, count in list(family.items()):
+                counter.add_metric(labels, count.value, created=count.created)
+            yield counter
+
+
+def _histogram(name: str, documentation: str, family: dict[tuple[str, ...], _Buckets]) -> HistogramMetricFamily:
+    histogram = HistogramMetricFamily(name, documentation, labels=_TIMED_LABELS)
+    for labels, buckets in list(family.items()):
+        cumulative, running = [], 0
+        for bound, count in zip(_BOUNDS, buckets.counts):
+            running += count
+            cumulative.append((floatToGoString(bound), running))
+        histogram.add_metric(labels, cumulative, buckets.total)
+        histogram.samples.append(Sample(name + "_created", dict(zip(_TIMED_LABELS, labels)), buckets.created))
+    return histogram
 
 
 class _StateCollector(Collector):
