@@ -36,7 +36,7 @@ MAX_HEAD_BYTES = 65536
 STREAM_TYPES = ("text/event-stream", "application/x-ndjson")  # SSE; Ollama's NDJSON
 
 
-@dataclass
+@dataclass(slots=True)
 class AnswerHead:
     """A backend answer's status line and headers, with how its body is framed."""
 

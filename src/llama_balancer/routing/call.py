@@ -57,7 +57,7 @@ class RetryElsewhere(Exception):
         return f"answered HTTP {self.kind.removeprefix('http_')}"
 
 
-@dataclass
+@dataclass(slots=True)
 class Call:
     """A model-bearing request as the routing logic needs it, whoever parsed it."""
 

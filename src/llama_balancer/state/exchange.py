@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from ..core.usage import Usage
 
 
-@dataclass
+@dataclass(slots=True)  # one per request: no instance dict to build
 class Exchange:
     request_id: str
     endpoint: str
