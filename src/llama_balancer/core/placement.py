@@ -143,7 +143,8 @@ def place(
     if not pool:
         message = "no healthy backend for this model" if targets else "no backend for this model"
         return Reject(503, message)
-    open_ = [t for t in pool if t.capacity is None or t.capacity > 0]  # not t.full
+    open_ = pool if len(pool) == 1 and (pool[0].capacity is None or pool[0].capacity > 0) else \
+        [t for t in pool if t.capacity is None or t.capacity > 0]  # not t.full
     if not open_:
         return Queue(f"all {len(pool)} eligible targets are full")
     if len(open_) == 1:
@@ -153,7 +154,7 @@ def place(
         fair = [t for t in open_ if not overloaded(t.load, floor, knobs)]
     threshold = match_threshold(prompt_chars, knobs)
     # Rules about slots apply only where some target knows idle slots or a busy one of ours.
-    if knobs.pin_slots and any(t.idle_slots or t.busy_wait_s is not None for t in pool):
+    if knobs.pin_slots and _knows_slots(pool):
         if (hold_s > 0 or hold_max_s > 0) and \
                 _worth_holding(pool, fair, prompt_chars, threshold, knobs, hold_s, hold_max_s):
             return Queue("waiting for the busy slot that holds this prompt", waiting_for_cache=True)
@@ -174,8 +175,18 @@ def place(
     return _place(lightest, "least-loaded", threshold, knobs)
 
 
+def _knows_slots(pool: Sequence[Target]) -> bool:
+    """Whether some target knows idle slots or a busy one of ours (a loop: cheaper than any())."""
+    for t in pool:
+        if t.idle_slots or t.busy_wait_s is not None:
+            return True
+    return False
+
+
 def eligible(targets: Sequence[Target]) -> list[Target]:
     """Idle and busy targets; suspect ones only when there are none of those."""
+    if len(targets) == 1 and (targets[0].status == "idle" or targets[0].status == "busy"):
+        return list(targets)
     healthy = [t for t in targets if t.status == "idle" or t.status == "busy"]
     return healthy or [t for t in targets if t.status == "suspect"]
 

@@ -213,10 +213,11 @@ def _keepalive_timeout(value: str) -> float | None:
 def request_bytes(method: str, target: str, host: str, headers: Iterable[tuple[str, str]], body: bytes) -> bytes:
     """An HTTP/1.1 request with ``body`` framed by Content-Length (``headers`` carry no
     framing or Host: the caller dropped them)."""
-    lines = [f"{method} {target} HTTP/1.1\r\nHost: {host}\r\n"]
-    lines += [f"{name}: {value}\r\n" for name, value in headers]
-    lines.append(f"Content-Length: {len(body)}\r\n\r\n")
-    return "".join(lines).encode("latin-1") + body
+    lines = "\r\n".join(map(": ".join, headers))  # (name, value) pairs joined in C
+    if lines:
+        lines += "\r\n"
+    return f"{method} {target} HTTP/1.1\r\nHost: {host}\r\n{lines}Content-Length: {len(body)}\r\n\r\n".encode(
+        "latin-1") + body
 
 
 def client_head(answer: AnswerHead, request_id: str, keep_alive: bool, extra: Iterable[str] = (),

@@ -13,7 +13,7 @@ from ..core.errors import BalancerError, QueueTimeout, UpstreamError
 from ..core.identity import TrustedProxies, client_ip
 from ..core.usage import Usage, usage_from_tail
 from ..io.observability import AccessLog, Metrics
-from ..state.access_stats import AccessStats
+from ..state.access_stats import AccessRecord, AccessStats
 from ..state.clock import Clock
 from ..state.events import EventCounts
 from ..state.exchange import Exchange
@@ -48,7 +48,8 @@ class Recorder:
             ex.usage = usage_from_tail(b"".join(ex.tail))
             ex.tail.clear()
         self.metrics.observe(ex)
-        self.access_log.write(ex, self.clock.wall())
+        if self.access_log.enabled:
+            self.access_log.write(ex, self.clock.wall())
         if ex.outcome != "completed" or (ex.status is not None and ex.status >= 400):
             self._count_error(ex, error)
         usage = ex.usage
@@ -60,14 +61,11 @@ class Recorder:
             self.series.observe(ex.server, ex.ended, ex.first_byte, ttft_s,
                                 usage.completion_tokens if usage else None, generating_from(ex))
         if ex.model is not None and ex.server is not None:
-            self.stats.record(
-                ex.ip, ex.model, ex.user, ex.server, ex.instance or "", ex.reason or "",
-                status=ex.status, ttft_s=ttft_s, duration_s=ex.duration_s,
-                completion_tokens=usage.completion_tokens if usage else None,
-                queue_wait_s=ex.queue_wait_s, request_id=ex.request_id, generation_s=generation_s(ex),
-                prompt_tokens=usage.prompt_tokens if usage else None,
-                cached_tokens=usage.cached_tokens if usage else None,
-            )
+            stats = self.stats
+            stats.add(AccessRecord(  # the fields in AccessRecord's order
+                stats.wall(), ex.ip, ex.model, ex.user, ex.server, ex.instance or "", ex.reason or "", ex.status,
+                ttft_s, ex.duration_s, usage.completion_tokens if usage else None, ex.queue_wait_s, ex.request_id,
+                generation_s(ex), usage.prompt_tokens if usage else None, usage.cached_tokens if usage else None))
 
     def refused(self, error: BalancerError) -> None:
         """A request refused before it became an exchange (no key, a malformed request line or

@@ -43,6 +43,14 @@ class AccessStats:
         cached_tokens (see AccessRecord)."""
         self._records.append(AccessRecord(self._clock.wall(), ip, model, user, server, instance, reason, **outcome))
 
+    def add(self, record: AccessRecord) -> None:
+        """A record made whole by the caller (the recorder: no keyword bag per request)."""
+        self._records.append(record)
+
+    def wall(self) -> float:
+        """The wall-clock time a record made now carries."""
+        return self._clock.wall()
+
     def summary(self) -> dict[str, Any]:
         now = self._clock.wall()
         self._trim(now)

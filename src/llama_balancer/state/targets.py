@@ -25,8 +25,11 @@ def build_targets(
     now: float,
     routing: RoutingOptions,
 ) -> list[Target]:
-    states = [registry.state(name) for name in candidates]
-    served = [state.instances(model) for state in states]
+    states, served = [], []  # loops, not comprehensions: each of those is a function call on 3.11
+    for name in candidates:
+        state = registry.state(name)
+        states.append(state)
+        served.append(state.instances(model))
     if not any(served):
         # No listed server names the model (a plain llama-server answers whatever is asked,
         # llama-swap may load it on demand): the pattern's servers take it as asked.
