@@ -190,7 +190,10 @@ class FrontConnection(asyncio.Protocol):
             self.task.cancel()  # the client went away: the routing (a queue place, a slot) ends with it
 
     def data_received(self, data: bytes) -> None:
-        self._guarded(self.machine.client_data, data)
+        try:  # _guarded, inline: this runs for every read
+            self.machine.client_data(data)
+        except Exception as exc:
+            self._bug(exc)
 
     def pause_writing(self) -> None:
         self.machine.client_writable(False)
@@ -202,17 +205,21 @@ class FrontConnection(asyncio.Protocol):
         """Nothing may escape a protocol callback (asyncio would log a traceback and go on)."""
         try:
             call(*args)
-        except Exception as exc:  # a bug of ours: one log line, a 500 where no answer began, the close
-            log.error("unexpected %s on a connection from %s: %s", type(exc).__name__, self.peer, exc)
-            transport, may_answer = self.transport, self.machine.may_answer
-            self.machine.client_gone()
-            if self.task is not None:
-                self.task.cancel()
-            if transport is not None and not transport.is_closing():
-                if may_answer:
-                    transport.write(error_bytes(BalancerError("internal error in llama-balancer"), _new_request_id(),
-                                                close=True))
-                transport.close()
+        except Exception as exc:
+            self._bug(exc)
+
+    def _bug(self, exc: Exception) -> None:
+        """A bug of ours in a protocol callback: one log line, a 500 where no answer began, the close."""
+        log.error("unexpected %s on a connection from %s: %s", type(exc).__name__, self.peer, exc)
+        transport, may_answer = self.transport, self.machine.may_answer
+        self.machine.client_gone()
+        if self.task is not None:
+            self.task.cancel()
+        if transport is not None and not transport.is_closing():
+            if may_answer:
+                transport.write(error_bytes(BalancerError("internal error in llama-balancer"), _new_request_id(),
+                                            close=True))
+            transport.close()
 
     def abort(self) -> None:
         if self.task is not None:
