@@ -81,7 +81,7 @@ class _Transport(asyncio.Transport):
         pass
 
 
-async def measure(requests: int, events: int, warmup: int = 2000) -> tuple[float, float]:
+async def measure(requests: int, events: int, warmup: int = 2000, split: bool = False) -> tuple[float, float]:
     """(CPU µs, wall µs) per request over ``requests`` after a warm-up."""
     loop = asyncio.get_running_loop()
     runtime = Runtime(parse_config(orjson.dumps(CONFIG)), gpu_sampler=NoGpuSampler())
@@ -95,9 +95,13 @@ async def measure(requests: int, events: int, warmup: int = 2000) -> tuple[float
     state: dict[str, Any] = {"left": 0, "done": None}
     got: list[bytes] = []
 
+    pieces = [answer] if not events or not split else \
+        [_STREAM_HEAD + _EVENTS[0], *_EVENTS[1:events], _DONE_CHUNK]  # one read per event, as S2's
+
     def backend_got(data: bytes) -> None:
         if data.startswith(b"POST "):
-            loop.call_soon(upstream.data_received, answer)
+            for piece in pieces:
+                loop.call_soon(upstream.data_received, piece)
 
     def client_got(data: bytes) -> None:
         got.append(data)
@@ -140,7 +144,7 @@ def instructions(args: argparse.Namespace) -> int:
     counts = []
     runs = [subprocess.Popen([valgrind, "--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=/dev/null",
                               sys.executable, __file__, "--requests", str(n), "--warmup", "300",
-                              "--stream", str(args.stream)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              "--stream", str(args.stream), *(["--split"] if args.split else [])], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                              text=True) for n in (200, 200 + args.requests)]
     for run in runs:
         _, err = run.communicate()
@@ -157,10 +161,12 @@ def main() -> None:
     ap.add_argument("--stream", type=int, default=0, metavar="EVENTS",
                     help="a streamed answer of this many events (in one read) instead of S1's plain one")
     ap.add_argument("--warmup", type=int, default=2000, help="requests before the measured ones")
+    ap.add_argument("--split", action="store_true", help="with --stream: each event in a read of its own (as in S2)")
     ap.add_argument("--instructions", action="store_true",
                     help="count instructions per request under valgrind instead (--requests 1000 by default)")
     args = ap.parse_args()
-    kind = f"streamed, {args.stream} events" if args.stream else "plain (S1)"
+    kind = (f"streamed, {args.stream} events" + (", a read each" if args.split else " in one read")) if args.stream \
+        else "plain (S1)"
     if args.instructions:
         args.requests = args.requests or 1000
         print(f"data path, no sockets, {kind}: {instructions(args):,} instructions/request")
@@ -171,9 +177,9 @@ def main() -> None:
     try:
         import uvloop
     except ImportError:
-        cpu, wall = asyncio.run(measure(args.requests, args.stream, args.warmup))
+        cpu, wall = asyncio.run(measure(args.requests, args.stream, args.warmup, args.split))
     else:
-        cpu, wall = uvloop.run(measure(args.requests, args.stream, args.warmup))
+        cpu, wall = uvloop.run(measure(args.requests, args.stream, args.warmup, args.split))
     print(f"data path, no sockets, {kind}: {cpu:.1f} us CPU/request ({wall:.1f} us wall)")
 
 

@@ -104,6 +104,6 @@ def test_a_long_stream_keeps_its_first_event_beside_the_tail_for_the_usage_read_
         reader.feed(wire[cut:cut + 1000])
     assert reader.complete
     assert tail[0] == start, "the first event stays"
-    assert TAIL_BYTES <= sum(map(len, tail[1:])) < TAIL_BYTES + 1000, "the rest is the tail"
+    assert TAIL_BYTES <= sum(map(len, tail[1:])) < TAIL_BYTES * 5 // 4 + 1000, "the rest is the tail (cut now and then)"
     usage = usage_from_tail(b"".join(tail))
     assert usage is not None and (usage.prompt_tokens, usage.completion_tokens) == (11, 400)

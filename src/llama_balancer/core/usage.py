@@ -47,6 +47,7 @@ _OTHER_FIELD = re.compile(rb'"(input_tokens|output_tokens|cache_read_input_token
                           rb'|prompt_eval_count|eval_count|eval_duration)"' + _VALUE)
 
 TAIL_BYTES = 8192
+_TRIM_AT = TAIL_BYTES + TAIL_BYTES // 4  # a tail may grow this long before it is cut back to TAIL_BYTES
 _END_BYTES = 2048  # the end of a tail that names the final counts (usage_from_tail)
 HEAD_BYTES = 2048  # of an answer's first event, kept with the tail (``head_of``)
 
@@ -123,9 +124,9 @@ def _first(last: dict[bytes, bytes], *keys: bytes) -> int | None:
 
 
 class UsageTail:
-    """The last TAIL_BYTES of an answer's payload (and its first event), kept as it passes:
-    one list of pieces, the first the answer's head event (``head_of``). The only keeper of
-    it, whichever path relays the answer."""
+    """The last TAIL_BYTES (up to a quarter more) of an answer's payload and its first event,
+    kept as it passes: one list of pieces, the first the answer's head event (``head_of``).
+    The only keeper of it, whichever path relays the answer."""
 
     __slots__ = ("pieces", "_kept")
 
@@ -138,9 +139,11 @@ class UsageTail:
         if not tail:  # the answer's first piece: its first event stays too
             tail.append(head_of(piece))
         tail.append(piece)
-        self._kept += len(piece)
-        while self._kept - len(tail[1]) >= TAIL_BYTES:
-            self._kept -= len(tail.pop(1))
+        kept = self._kept = self._kept + len(piece)
+        if kept >= _TRIM_AT:  # trimmed now and then, not at every piece: this runs for every chunk
+            while kept - len(tail[1]) >= TAIL_BYTES:
+                kept -= len(tail.pop(1))
+            self._kept = kept
 
 
 def head_of(first_piece: bytes) -> bytes:

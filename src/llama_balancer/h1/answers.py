@@ -90,8 +90,14 @@ class AnswerReader:
                 start = raw.find(b"\r\n\r\n", start) + 4
             self._head_raw = None
             body = bytes(raw[start:])
-        else:
-            self._feed(data)
+        else:  # the body's next piece (a stream's chunk): _feed, inline
+            parser = self._parser
+            if parser is None:
+                raise ValueError("bytes after the answer was released")
+            try:
+                parser.feed_data(data)
+            except httptools.HttpParserError as exc:
+                self._refused(exc)
             body = data
         if self._payload is not None:
             body, self._payload = b"".join(self._payload), []
@@ -122,9 +128,12 @@ class AnswerReader:
         try:
             parser.feed_data(data)
         except httptools.HttpParserError as exc:
-            if not self.complete:  # bytes past a complete answer: noted, cut off above
-                raise ValueError(str(exc) or type(exc).__name__) from None
-            self._extra = True
+            self._refused(exc)
+
+    def _refused(self, exc: httptools.HttpParserError) -> None:
+        if not self.complete:  # bytes past a complete answer: noted, cut off above
+            raise ValueError(str(exc) or type(exc).__name__) from None
+        self._extra = True
 
     # llhttp's callbacks
     def on_message_begin(self) -> None:

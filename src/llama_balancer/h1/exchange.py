@@ -226,7 +226,8 @@ class ExchangeMachine:
         if answer is None or (state is not State.SENT and state is not State.RELAYING):
             return
         self._last_upstream = now
-        self._report.got_bytes = True
+        report = self._report
+        report.got_bytes = True
         try:
             body = answer.feed(data)
         except ValueError as exc:
@@ -254,9 +255,9 @@ class ExchangeMachine:
                 self._answer_started(head, body, now)
                 body = b""
         if body:
-            if self._report.first_byte is None:
-                self._report.first_byte = now
-            out = self._out(body)
+            if report.first_byte is None:
+                report.first_byte = now
+            out = body if self._mode is _RAW else self._out(body)
             if out:
                 self.fx.write(out)
         if answer.complete:
