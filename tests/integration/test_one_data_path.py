@@ -77,6 +77,21 @@ async def test_pipelined_posts_in_one_write_are_each_routed_in_order(sims, balan
     await assert_nothing_in_flight(http, runtime)
 
 
+async def test_pipelined_error_answers_and_routed_ones_interleave_in_order(sims, balancer, http):
+    """An error answer is written as the request is read (on Python 3.12 the routing starts
+    at once, inside the read): the next request in the same write waits for its turn."""
+    sim, runtime = await start(sims, balancer)
+    broken = b"POST /v1/chat/completions HTTP/1.1\r\nHost: lb\r\nContent-Length: 5\r\n\r\n{nope"
+    unnamed = chat().replace(b'"model"', b'"modle"')
+    answers = await exchange(runtime.port, broken + chat() + unnamed + broken + chat(stream=True), answers=5)
+    assert [a[0] for a in answers] == [400, 200, 400, 400, 200]
+    assert orjson.loads(answers[0][2])["error"]["code"] == "invalid_json"
+    assert len({a[1]["x-request-id"] for a in answers}) == 5
+    many = await exchange(runtime.port, broken * 300 + chat(), answers=301)  # none answered inside another's turn
+    assert [a[0] for a in many] == [400] * 300 + [200]
+    await assert_nothing_in_flight(http, runtime)
+
+
 async def test_a_model_request_after_an_aiohttp_served_one_comes_back_to_the_front(sims, balancer, http):
     sim, runtime = await start(sims, balancer)
     reader, writer = await asyncio.open_connection("127.0.0.1", runtime.port)
