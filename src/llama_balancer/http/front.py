@@ -5,8 +5,8 @@ exchange state machine (``h1.exchange``) for it.
 path: it carries out what the machine asks (``Effects``: write, close, pause, timers, send
 upstream) and feeds it what happens (client bytes, backend bytes, closes, timer firings).
 A complete request goes to the routing layer (``routing.Router``) in a task (started at once
-on Python 3.12+, ``_start``); the router's
-attempts run over pooled upstream connections (``io.wire``) whose bytes the machine reads.
+on Python 3.12+, ``_start``); the router's attempts run over pooled upstream connections
+(``io.wire``) whose bytes the machine reads.
 
 Every request is read by llhttp in strict mode (``h1.requests``), whatever its framing:
 Content-Length or chunked, ``Expect: 100-continue``, HTTP/1.0, pipelined. A request that is
