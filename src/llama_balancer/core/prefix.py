@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any, Container
 
 import orjson
@@ -32,6 +33,7 @@ CHARS_PER_TOKEN = 4  # weight of one token id, in characters, for match lengths
 MAX_BLOCKS = 512  # beyond this the tail is not fingerprinted (bounds the work and the state)
 
 _SYSTEM_ROLES = ("system", "developer")
+_WEIGHT = itemgetter(2)  # of a block (kind, text, weight)
 
 
 @quick_init
@@ -89,7 +91,7 @@ def _chain(blocks: list[tuple[bytes, str, int]], max_blocks: int) -> Fingerprint
     for kind, text, _ in blocks:
         digest = blake2b(digest + kind + text.encode("utf-8", "surrogatepass"), digest_size=8).digest()
         append(from_bytes(digest, "big"))
-    return Fingerprint(tuple(hashes), tuple([weight for _, _, weight in blocks]))
+    return Fingerprint(tuple(hashes), tuple(map(_WEIGHT, blocks)))
 
 
 def _blocks(payload: dict[str, Any], out: list[tuple[bytes, str, int]], limit: int) -> None:
@@ -119,26 +121,30 @@ def _chat_blocks(payload: dict[str, Any], messages: list[Any], out: list[tuple[b
     Chat templates commonly render tools inside the system turn, after its text, so a
     changed tool list changes everything after the system prompt but not the prompt itself.
     """
-    for key in ("system", "instructions"):
-        if payload.get(key):
-            _cut(out, b"M", "system\n" + _content_text(payload[key]), CHAT_BLOCK_CHARS, limit)
-    rest = [m for m in messages if isinstance(m, dict)]
-    first = 0
-    while first < len(rest) and rest[first].get("role") in _SYSTEM_ROLES:
+    if "system" in payload or "instructions" in payload:
+        for key in ("system", "instructions"):
+            if payload.get(key):
+                _cut(out, b"M", "system\n" + _content_text(payload[key]), CHAT_BLOCK_CHARS, limit)
+    tools = payload.get("tools")
+    leading = True  # still in the leading system messages (the tools come after them)
+    for message in messages:  # one pass, each message cut like _cut (its one-piece case inline)
+        if not isinstance(message, dict):
+            continue
         if len(out) >= limit:
             return
-        _cut(out, b"M", _render(rest[first]), CHAT_BLOCK_CHARS, limit)
-        first += 1
-    if payload.get("tools") and len(out) < limit:
-        _cut(out, b"T", _canonical(payload["tools"]), CHAT_BLOCK_CHARS, limit)
-    for message in rest[first:]:
-        if len(out) >= limit:
-            return
+        if leading and message.get("role") not in _SYSTEM_ROLES:
+            leading = False
+            if tools:
+                _cut(out, b"T", _canonical(tools), CHAT_BLOCK_CHARS, limit)
+                if len(out) >= limit:
+                    return
         text = _render(message)
-        if len(text) <= CHAT_BLOCK_CHARS:  # _cut's one-piece case, inline
+        if len(text) <= CHAT_BLOCK_CHARS:
             out.append((b"M", text, len(text)))
         else:
             _cut(out, b"M", text, CHAT_BLOCK_CHARS, limit)
+    if leading and tools and len(out) < limit:  # only system messages (or none)
+        _cut(out, b"T", _canonical(tools), CHAT_BLOCK_CHARS, limit)
 
 
 def _render(message: dict[str, Any]) -> str:
