@@ -3,6 +3,7 @@ same connection, limits, and the upstream pool's reuse of backend connections.""
 from __future__ import annotations
 
 import asyncio
+import gc
 import socket
 
 import orjson
@@ -174,3 +175,38 @@ async def test_idle_and_half_sent_connections_are_closed_but_a_long_answer_is_no
     assert await asyncio.wait_for(half_reader.read(), 2) == b""
     for writer in (idle_writer, half_writer, busy_writer):
         writer.close()
+
+
+async def test_a_closed_connection_leaves_no_reference_cycle_for_the_collector(sims, balancer, http):
+    """Each connection's adapter and machine, and its reader and llhttp parser, refer to each
+    other; released when the connection is over, they go with their last reference, whichever
+    way it ended: served and closed by the client, cut mid-answer, handed to aiohttp."""
+    from llama_balancer.h1.exchange import ExchangeMachine
+    from llama_balancer.h1.requests import RequestReader
+    from llama_balancer.http.front import FrontConnection
+
+    sim, runtime = await start(sims, balancer)
+    front = runtime.front
+    gc.collect()
+    gc.disable()
+    try:
+        for ending in ("served", "cut", "handed", "served"):
+            reader, writer = await asyncio.open_connection("127.0.0.1", runtime.port)
+            if ending == "handed":
+                writer.write(b"GET /llmhealth HTTP/1.1\r\nHost: lb\r\n\r\n")
+                assert (await read_answer(reader))[0] == 200
+            else:
+                writer.write(chat(tokens=50 if ending == "cut" else 4, stream=ending == "cut"))
+                if ending == "cut":
+                    await reader.readuntil(b"data: ")  # the stream began: the client leaves mid-answer
+                else:
+                    assert (await read_answer(reader))[0] == 200
+            writer.close()
+            await wait_until(lambda: not front.connections)
+        await asyncio.sleep(0.05)
+        left = [type(o).__name__ for o in gc.get_objects()
+                if isinstance(o, (FrontConnection, ExchangeMachine, RequestReader))]
+    finally:
+        gc.enable()
+    assert left == []
+    await assert_nothing_in_flight(http, runtime)

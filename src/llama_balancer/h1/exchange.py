@@ -46,6 +46,20 @@ CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _RAW, _EVENTS, _FRAMED = "raw", "events", "framed"
 
 
+class _Released:
+    """The effects of a released machine: none (``ExchangeMachine.release``)."""
+
+    def __getattr__(self, name: str) -> Callable[..., None]:
+        return _nothing
+
+
+def _nothing(*args: object) -> None:
+    return None
+
+
+_RELEASED: Effects = _Released()  # type: ignore[assignment]
+
+
 @dataclass(slots=True)
 class _Request:
     head: RequestHead
@@ -129,6 +143,14 @@ class ExchangeMachine:
                 self.fx.resume_upstream()
             else:
                 self.fx.pause_upstream()
+
+    def release(self) -> None:
+        """The adapter is done with this machine (its connection is over, nothing runs for it):
+        the reader lets go of llhttp and the machine of the adapter, so neither pair is a
+        reference cycle left for the collector. Any later event is ignored."""
+        self.state = State.CLOSED
+        self._reader.release()
+        self.fx = _RELEASED
 
     def stop_keep_alive(self) -> None:
         """The balancer stops: an idle connection closes now, a busy one after its answer."""

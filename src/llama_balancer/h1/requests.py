@@ -152,6 +152,12 @@ class RequestReader:
             if not self._line_checked and self.raw_known:
                 self._check_line()
 
+    def release(self) -> None:
+        """The connection is over: its parser goes (parser and reader refer to each other, a
+        cycle only a collection would free, once per connection). Nothing is read after."""
+        self._closed = True
+        self._parser = None  # type: ignore[assignment]
+
     def keep_raw(self, keep: bool) -> None:
         """The caller serves the current request itself (False): its raw bytes are not needed."""
         if not keep:

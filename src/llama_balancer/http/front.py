@@ -174,6 +174,7 @@ class FrontConnection(asyncio.Protocol):
         self._tail: list[bytes] = []  # its answer's usage tail
         self._relay: EventRelay | None = None  # the request's stream, when it may be resumed
         self._starting = False  # serve() is starting the routing's task (it may run at once: _start)
+        self._lost = False  # connection_lost came
         self.machine = ExchangeMachine(self, front.limits, is_native, _new_request_id)
 
     # -- asyncio.Protocol: events in
@@ -189,8 +190,11 @@ class FrontConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.front.connections.discard(self)
         self._guarded(self.machine.client_gone)
+        self._lost = True
         if self.task is not None:
             self.task.cancel()  # the client went away: the routing (a queue place, a slot) ends with it
+        else:
+            self.machine.release()
 
     def data_received(self, data: bytes) -> None:
         try:  # _guarded, inline: this runs for every read
@@ -283,6 +287,7 @@ class FrontConnection(asyncio.Protocol):
         if raw:
             handler.data_received(raw)
         self.transport = None
+        self.machine.release()  # aiohttp has the connection for good
 
     # -- Effects: the routing layer
 
@@ -334,9 +339,12 @@ class FrontConnection(asyncio.Protocol):
                     ctx.recorder.finish(ex, error)
             except Exception:  # bookkeeping must never stall the connection
                 log.exception("recording %s %s failed", head.method, head.path)
+            error = None  # its traceback holds this frame: no cycle left for the collector
             self.task = None
             if not self._starting:
                 self._guarded(self.machine.request_done)
+            if self._lost:  # the connection went while this ran: nothing is left to run for it
+                self.machine.release()
 
     async def _attempt(self, server: ServerConfig, call: Call, headers: CIMultiDict[str], body: bytes, ex: Exchange,
                        last_try: bool, answered: Answered) -> None:

@@ -84,6 +84,9 @@ class HandedOff(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        if self._requests is not None:
+            self._requests.release()  # it and its llhttp parser refer to each other
+            self._requests = None
         self.handler.connection_lost(exc)
 
     def pause_writing(self) -> None:
@@ -114,6 +117,7 @@ class HandedOff(asyncio.Protocol):
         try:
             requests.feed(data)
         except MalformedRequest:
+            requests.release()
             self._requests = None  # aiohttp answers it and closes; nothing more to follow
             return data
         self._seen += sum(1 for event in requests.events if event is END)
@@ -124,6 +128,8 @@ class HandedOff(asyncio.Protocol):
         transport, take_back = self.transport, self._take_back
         assert transport is not None and take_back is not None
         self._disarm()
+        if self._requests is not None:
+            self._requests.release()
         self._requests = None
         handler: Any = self.handler
         handler.transport = None  # aiohttp closes its transport when let go: not ours to close
