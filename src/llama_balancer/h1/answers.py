@@ -49,10 +49,7 @@ class AnswerHead:
     transfer_encoding: str = ""  # as sent, restated to the client (the bytes pass unchanged)
     event_stream: bool = False  # Content-Type: text/event-stream or NDJSON (a streamed answer)
     keepalive_s: float | None = None  # the backend's "Keep-Alive: timeout=N": it closes idle ones then
-
-    @property
-    def has_body(self) -> bool:
-        return self.status >= 200 and self.status not in (204, 304)
+    has_body: bool = True  # a status that carries a body (not 1xx, 204, 304): _answer_head sets it
 
 
 class AnswerReader:
@@ -156,8 +153,8 @@ class AnswerReader:
         status = parser.get_status_code()
         if status < 200:  # an interim answer: the real one follows
             return
-        self.head = _answer_head(status, parser.should_keep_alive(), self._reason, self._headers)
-        self._remaining = self.head.length if self.head.has_body else 0
+        head = self.head = _answer_head(status, parser.should_keep_alive(), self._reason, self._headers)
+        self._remaining = head.length if head.has_body else 0
 
     def on_body(self, body: bytes) -> None:
         if self._tail is not None:
@@ -204,7 +201,7 @@ def _answer_head(status: int, keep_alive: bool, reason: bytes, headers: list[tup
         keep_alive = False  # the body ends when the backend closes
     lines_out = [text for low, text in relayed if low not in named] if named else [text for _, text in relayed]
     return AnswerHead(status, reason.decode("latin-1"), lines_out, length, chunked, keep_alive, coding, event_stream,
-                      keepalive_s)
+                      keepalive_s, status >= 200 and status not in (204, 304))
 
 
 def _keepalive_timeout(value: str) -> float | None:

@@ -204,7 +204,9 @@ class RequestReader:
     def on_headers_complete(self) -> None:
         if self._priming:
             return
-        self._check_head()
+        if len(self._raw_headers) > self._max_headers or self._pending_head + self._feeding > self._max_field \
+                or len(self._url) > self._max_field:
+            self._check_head()  # which limit, if any (the common small head never gets here)
         self._pending_head = 0
         parser = self._parser
         version = parser.get_http_version()
