@@ -74,10 +74,19 @@ class AnswerReader:
     def feed(self, data: bytes) -> bytes:
         """The body bytes in ``data`` to relay (the head and anything past the answer's end
         cut off; de-chunked payload when asked for). ValueError when llhttp refuses it."""
+        parser = self._parser
+        if parser is None:
+            raise ValueError("bytes after the answer was released")
         raw = self._head_raw
         if raw is not None:
             raw += data
-            self._feed(data)
+        try:
+            parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self._refused(exc)
+        if raw is None:  # the body's next piece (a stream's chunk)
+            body = data
+        else:
             if self.head is None:
                 if len(raw) > MAX_HEAD_BYTES:
                     raise ValueError(f"an answer head over {MAX_HEAD_BYTES} bytes")
@@ -87,15 +96,6 @@ class AnswerReader:
                 start = raw.find(b"\r\n\r\n", start) + 4
             self._head_raw = None
             body = bytes(raw[start:])
-        else:  # the body's next piece (a stream's chunk): _feed, inline
-            parser = self._parser
-            if parser is None:
-                raise ValueError("bytes after the answer was released")
-            try:
-                parser.feed_data(data)
-            except httptools.HttpParserError as exc:
-                self._refused(exc)
-            body = data
         if self._payload is not None:
             body, self._payload = b"".join(self._payload), []
         elif self._remaining >= 0:
@@ -117,15 +117,6 @@ class AnswerReader:
         the two form a reference cycle that only the garbage collector would break, once per
         request (bench/path.py: some 7 % of a request's CPU went to those collections)."""
         self._parser = None
-
-    def _feed(self, data: bytes) -> None:
-        parser = self._parser
-        if parser is None:
-            raise ValueError("bytes after the answer was released")
-        try:
-            parser.feed_data(data)
-        except httptools.HttpParserError as exc:
-            self._refused(exc)
 
     def _refused(self, exc: httptools.HttpParserError) -> None:
         if not self.complete:  # bytes past a complete answer: noted, cut off above

@@ -94,12 +94,8 @@ class _Count:
         self._labels = labels
 
     def add(self, amount: float) -> None:
-        """Listed in the exposition from its first use on (as a prometheus-client child)."""
-        family = self._family
-        if family is not None:
-            self.created = time.time()
-            family[self._labels] = self
-            self._family = None
+        if self._family is not None:
+            _first_use(self)
         self.value += amount
 
 
@@ -116,15 +112,22 @@ class _Buckets:
         self._labels = labels
 
     def observe(self, amount: float) -> None:
-        family = self._family
-        if family is not None:
-            self.created = time.time()
-            family[self._labels] = self
-            self._family = None
+        if self._family is not None:
+            _first_use(self)
         self.total += amount
         at = bisect_left(_BOUNDS, amount)  # the first bucket whose bound is >= amount
         if at < len(_BOUNDS):
             self.counts[at] += 1
+
+
+def _first_use(item: "_Count | _Buckets") -> None:
+    """Listed in the exposition from its first use on (as a prometheus-client child is), and
+    created then."""
+    family = item._family
+    assert family is not None
+    item.created = time.time()
+    family[item._labels] = item  # type: ignore[assignment]
+    item._family = None
 
 
 class _Bundle:
