@@ -235,6 +235,17 @@ def test_an_ended_attempt_leaves_no_answer_reader_for_the_garbage_collector():
     assert outcomes(fx) == [Outcome.RETRY, Outcome.ANSWERED, Outcome.DONE] and left == []
 
 
+def test_a_released_machine_ignores_whatever_comes_after():
+    m, fx = machine()
+    run_plain_exchange(m, fx)
+    m.release()
+    m.client_data(POST)
+    m.timer_fired(Timer.IDLE, 99.0)
+    m.client_gone()
+    m.request_done()
+    assert fx.log == [] and m.state is State.CLOSED
+
+
 def test_an_answer_is_relayed_with_our_head_and_the_connection_goes_back_to_the_pool():
     m, fx = machine()
     served(m, fx)

@@ -106,3 +106,17 @@ class Effects(Protocol):
     def resume_upstream(self) -> None: ...
     def release_upstream(self, reuse: bool, keepalive_s: float | None) -> None: ...
     def attempt_over(self, outcome: Outcome, report: AttemptReport) -> None: ...
+
+
+class _NoEffects:
+    """Effects that do nothing, for a machine its adapter let go of (``ExchangeMachine.release``)."""
+
+    def __getattr__(self, name: str) -> Callable[..., None]:
+        return _nothing
+
+
+def _nothing(*args: object) -> None:
+    return None
+
+
+NO_EFFECTS: Effects = _NoEffects()  # type: ignore[assignment]

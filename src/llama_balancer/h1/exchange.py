@@ -36,7 +36,7 @@ from typing import Callable, Iterable
 
 from ..core.errors import BalancerError, PayloadTooLarge, RequestTimeout, UpstreamError, UpstreamTimeout
 from .answers import AnswerHead, AnswerReader, client_head, error_bytes
-from .contract import Attempt, AttemptReport, Effects, Limits, Outcome, State, Timer
+from .contract import NO_EFFECTS, Attempt, AttemptReport, Effects, Limits, Outcome, State, Timer
 from .requests import END, Body, MalformedRequest, RequestHead, RequestReader
 
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -45,19 +45,6 @@ CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 # chunked again.
 _RAW, _EVENTS, _FRAMED = "raw", "events", "framed"
 
-
-class _Released:
-    """The effects of a released machine: none (``ExchangeMachine.release``)."""
-
-    def __getattr__(self, name: str) -> Callable[..., None]:
-        return _nothing
-
-
-def _nothing(*args: object) -> None:
-    return None
-
-
-_RELEASED: Effects = _Released()  # type: ignore[assignment]
 
 
 @dataclass(slots=True)
@@ -150,7 +137,7 @@ class ExchangeMachine:
         reference cycle left for the collector. Any later event is ignored."""
         self.state = State.CLOSED
         self._reader.release()
-        self.fx = _RELEASED
+        self.fx = NO_EFFECTS
 
     def stop_keep_alive(self) -> None:
         """The balancer stops: an idle connection closes now, a busy one after its answer."""
