@@ -41,7 +41,7 @@ class AccessStats:
         """One routed request; ``outcome`` may add status, ttft_s (streamed answers only),
         duration_s, completion_tokens, queue_wait_s, request_id, generation_s, prompt_tokens and
         cached_tokens (see AccessRecord)."""
-        self._records.append(AccessRecord(self._clock.wall(), ip, model, user, server, instance, reason, **outcome))
+        self.add(AccessRecord(self._clock.wall(), ip, model, user, server, instance, reason, **outcome))
 
     def add(self, record: AccessRecord) -> None:
         """A record made whole by the caller (the recorder: no keyword bag per request)."""
