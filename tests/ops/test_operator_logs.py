@@ -80,7 +80,10 @@ async def test_a_full_queue_and_a_queue_timeout_are_logged(sims, balancer, http,
     sim = await sims(name="PC1", models=[MODEL], fast=False, chunk_delay_s=0.05)
     runtime = await balancer({"servers": {"PC1": server_entry(sim, **{"request-max": 1})},
                               "models": {MODEL: ["PC1"]},
-                              "balancer": {"routing": {"queue_max": 1, "queue_timeout_s": 1.0}}})
+                              "balancer": {"routing": {"queue_max": 1, "queue_timeout_s": 1.0},
+                                           # one poll timing out marks PC1 invalid, and then nothing
+                                           # queues: under the whole suite's load 0.5 s was too little
+                                           "health_read_timeout_s": 5.0, "health_connect_timeout_s": 5.0}})
     # The third request must find the waiter still queued: a second of slack for a loaded machine
     # (0.3 s was too little once under the whole suite); the holder outlasts the wait (1.5 s).
     holder = asyncio.create_task(post(http, runtime, chat(tokens=30, user="holder")))
