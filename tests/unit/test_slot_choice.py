@@ -123,7 +123,7 @@ def test_the_learnt_horizon_has_a_cap_and_needs_the_pace():
     assert place([slow(3.0, pace=None), other_prompt], None, PROMPT, hold_s=0.5, hold_max_s=10.0) == taken
     # B's own pace unknown: the busy server's stands in for it (7 s), so the wait is taken.
     assert isinstance(place([slow(3.0), other_prompt], None, PROMPT, hold_s=0.5, hold_max_s=10.0), Queue)
-    assert place([slow(None), other_prompt], None, PROMPT, hold_s=0.5, hold_max_s=10.0) == taken  # overrun
+    assert place([slow(None), other_prompt], None, PROMPT, hold_s=0.5, hold_max_s=10.0) == taken  # unknown
 
 
 def test_spare_counts_what_other_slots_hold_of_a_slots_prompt():
@@ -171,12 +171,16 @@ async def test_the_registry_learns_slot_turnover_and_targets_show_the_busy_slots
         [target] = build_targets(registry, affinity, ["B1"], "m", prompt, clock.monotonic(), routing)
         assert target.idle_slots == (1,) and target.busy_match == prompt.chars
         assert target.busy_wait_s == pytest.approx(0.3)  # 0.4 usual, 0.1 gone
-        clock.advance(0.5)  # overrun: nobody can say when it frees
+        clock.advance(0.5)  # 0.2 s late: as late again, 0.2 s more expected
         [target] = build_targets(registry, affinity, ["B1"], "m", prompt, clock.monotonic(), routing)
-        assert target.busy_match == prompt.chars and target.busy_wait_s is None
+        assert target.busy_match == prompt.chars and target.busy_wait_s == pytest.approx(0.2)
+        clock.advance(5.0)  # the later, the longer it is expected to go on
+        registry.record_signals("B1", BackendLoad(1, 0, 2, 1), SlotsInfo((Slot(0, True), Slot(1, False))), "llama.cpp")
+        [target] = build_targets(registry, affinity, ["B1"], "m", prompt, clock.monotonic(), routing)
+        assert target.idle_slots == (1,) and target.busy_wait_s == pytest.approx(5.2)
     [target] = build_targets(registry, affinity, ["B1"], "m", prompt, clock.monotonic(), routing)
     assert target.busy_match == 0 and target.idle_slots == (0, 1)
-    assert registry.state("B1").pace.occupancy_s == pytest.approx(0.4 + 0.2 * (0.6 - 0.4))
+    assert registry.state("B1").pace.occupancy_s == pytest.approx(0.4 + 0.2 * (5.6 - 0.4))
 
 
 def test_the_registry_learns_the_prefill_pace_from_llama_servers_timings(clock):
@@ -220,9 +224,10 @@ async def test_a_slots_expected_turnover_counts_the_prefill_its_request_was_plac
         [target] = build_targets(registry, affinity, ["B1"], "m", prompt, clock.monotonic(), routing)
         assert target.busy_match == prompt.chars and target.busy_wait_s == pytest.approx(2.3)
         assert registry.state("B1").pinned_uncached == {0: cold}
-        clock.advance(2.5)  # past its own expected time too: overrun
+        clock.advance(2.5)  # past its own expected time too: 0.2 s late, 0.2 s more expected
+        registry.record_signals("B1", BackendLoad(1, 0, 2, 1), SlotsInfo((Slot(0, True), Slot(1, False))), "llama.cpp")
         [target] = build_targets(registry, affinity, ["B1"], "m", prompt, clock.monotonic(), routing)
-        assert target.busy_wait_s is None
+        assert target.idle_slots == (1,) and target.busy_wait_s == pytest.approx(0.2)
     assert registry.state("B1").pinned_uncached == {}
     assert pace.rest_s == pytest.approx(0.3 + 0.2 * (0.5 - 0.3))  # 3.5 s on the slot, 3 of it prefill
     assert registry.snapshot()[0]["slot_rest_s"] == pytest.approx(0.34)

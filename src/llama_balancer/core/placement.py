@@ -303,8 +303,9 @@ def _worth_holding(pool: list[Target], fair: list[Target], prompt_chars: int, th
     a slot stays busy for seconds, beyond any fixed horizon, and yet the prefill a wait
     saves there is seconds too; a horizon in seconds of prefill keeps each shared prompt
     where it lives instead of overwriting another group's only copy elsewhere. The expected
-    wait is the slot's learnt turnover (``state/pace.py``; unknown or overrun -> no hold),
-    so a slot busy with a long generation is not waited for.
+    wait is the slot's learnt turnover (``state/pace.py``; unknown -> no hold; overrun -> as
+    late again as it is already, ``state/targets._best_busy_slot``), so a slot busy with a
+    long generation is not waited for long.
     """
     # Only a busy slot that frees in time and holds a meaningful match could be worth it.
     horizon = max(hold_s, hold_max_s)

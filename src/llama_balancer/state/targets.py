@@ -104,8 +104,15 @@ def _remote(pins: dict[int, int], slots: SlotsInfo) -> int:
 def _best_busy_slot(state: BackendState, affinity: AffinityStore, idle: tuple[int, ...], fp: Fingerprint,
                     now: float) -> tuple[int, float | None]:
     """The longest match among the busy slots our own requests hold, and how long that slot
-    should stay busy (its request's expected time on it, ``Pace.expected_s``, minus the time
-    it has run; None when unknown or overrun: then nobody can say it frees soon)."""
+    should stay busy: its request's expected time on it (``Pace.expected_s``) minus the time
+    it has run; None when unknown.
+
+    A request past its expected time is late by as much again as it is late already: the
+    estimate grows as the overrun does, so a short overrun (the pace learnt a little low, as
+    it does while prompts grow) is still waited for, and a long generation soon is not (the
+    hold's horizon and its cost test, re-judged at every re-check). Reading every overrun as
+    unknown made a request that had held for its slot give up just before it freed, and
+    evict another group's prompt elsewhere (seen on real llama-servers, skew variant)."""
     ours = tuple(slot for slot in state.pinned_since if slot not in idle)
     if not ours:
         return 0, None
@@ -114,5 +121,6 @@ def _best_busy_slot(state: BackendState, affinity: AffinityStore, idle: tuple[in
         return 0, None
     slot = max(matches, key=lambda s: (matches[s], -s))
     expected = state.pace.expected_s(state.pinned_uncached.get(slot))
-    left = None if expected is None else expected - (now - state.pinned_since[slot])
-    return matches[slot], left if left is not None and left > 0 else None
+    if expected is None:
+        return matches[slot], None
+    return matches[slot], abs(expected - (now - state.pinned_since[slot]))
