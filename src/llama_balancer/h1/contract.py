@@ -32,6 +32,10 @@ class Timer(enum.Enum):
     HEAD = "head"  # the request (head, then body) within client_header_timeout_s of its first byte
     UPSTREAM = "upstream"  # no byte from the backend for upstream_idle_timeout_s
 
+    # Keys of the adapter's deadlines, set and cleared on every request: members are
+    # singletons, so identity is their hash (C) instead of Enum's own (Python, by name).
+    __hash__ = object.__hash__
+
 
 class Outcome(enum.Enum):
     """How an attempt on one backend ended (``Effects.attempt_over``)."""
