@@ -11,9 +11,10 @@ the prompt's length in characters gives the server's seconds per uncached prompt
 One average turnover fits a slot badly where requests differ mostly in how much of their
 prompt is cached (a cold turn's prefill takes seconds on a slow server, a cached one
 milliseconds): a slot busy with a cold prompt "overruns" the average, and an overrun says
-little of when it frees (``state/targets._best_busy_slot`` then expects it as late again). So a request's expected time on its slot is also learnt in
-two parts: its prefill (the pace times the uncached characters it was placed with) and the
-rest (generation and fixed costs), whose running average is what each release teaches.
+little of when it frees (``_best_busy_slot`` in ``state/targets.py`` then expects it as late
+again). So a request's expected time on its slot is also learnt in two parts: its prefill
+(the pace times the uncached characters it was placed with) and the rest (generation and
+fixed costs), whose running average is what each release teaches.
 """
 from __future__ import annotations
 
