@@ -4,9 +4,11 @@ replicas in this process, where their stores can be read directly).
 
 Replicas learn of each other's choices within about a millisecond, not atomically: two
 decisions on two replicas inside that window can pick the same idle slot. The workload
-here starts conversations 100 ms apart, its requests take ~40 ms and its users wait 50 ms
+here starts conversations 300 ms apart, its requests take ~40 ms and its users wait 50 ms
 before the next turn, as LLM traffic does (with 10 ms requests and no pause the shared ratio
-varied 0.55-0.78 against 0.78 for one replica; on a starved machine, 0.64)."""
+varied 0.55-0.78 against 0.78 for one replica; on a starved machine, 0.64; with starts 100 ms
+apart it fell to 0.61 once in a whole `./dev test` run on a 2-CPU VM, where two first turns
+on two replicas could be decided inside the window and take the same fresh slot)."""
 from __future__ import annotations
 
 import asyncio
@@ -39,7 +41,7 @@ async def _conversations(http, group: list[Any], conversations: int, turns: int,
     """Each conversation's turns in order, the conversations at once; turn t of conversation
     c goes to replica (t + c) % n when ``spread``, else always to the first."""
     async def talk(c: int) -> None:
-        await asyncio.sleep(0.1 * c)  # conversations start apart (see the module's doc)
+        await asyncio.sleep(0.3 * c)  # conversations start apart (see the module's doc)
         messages: list[dict[str, str]] = [
             {"role": "system", "content": f"ユーザーの名前は「user{c}」 {SYSTEM} (conversation {c})"}]
         for t in range(turns):
