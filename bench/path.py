@@ -10,7 +10,12 @@ shared VM; ``--instructions`` counts instead what one request executes (valgrind
 cachegrind, two runs of different lengths, their difference), exact to about 0.5 %, which
 judges a change of a microsecond. Figures go to stdout; nothing is asserted.
 
-Usage: ``.venv/bin/python bench/path.py [--requests N] [--stream EVENTS] [--instructions]``
+``--without routing`` (and/or ``record``) replaces the routing layer with a stub that hands
+the request to the one server's attempt (``record``: the record's ``finish`` does nothing),
+to see what each layer costs of the whole (docs/performance.md, "what each layer costs").
+
+Usage: ``.venv/bin/python bench/path.py [--requests N] [--stream EVENTS] [--instructions]
+[--without routing,record]``
 """
 from __future__ import annotations
 
@@ -36,6 +41,9 @@ from llama_balancer.http.front import Front, FrontConnection  # noqa: E402
 from llama_balancer.io.gpu import NoGpuSampler  # noqa: E402
 from llama_balancer.io.wire import UpstreamConnection  # noqa: E402
 from llama_balancer.io.wire_pool import WirePool  # noqa: E402
+from llama_balancer.routing.recording import Recorder  # noqa: E402
+from llama_balancer.routing.resolve import parse_payload  # noqa: E402
+from llama_balancer.routing.router import Router  # noqa: E402
 from llama_balancer.runtime import Runtime  # noqa: E402
 
 CONFIG = {"servers": {"bench": {"addr": "http://127.0.0.1", "health-port": 9, "model-port": 9}},
@@ -79,6 +87,30 @@ class _Transport(asyncio.Transport):
 
     def resume_reading(self) -> None:
         pass
+
+
+class _AcceptAll:
+    """The stub router's ``Answered``: every answer accepted, nothing recorded."""
+
+    accepted, refused = True, None
+
+    def accept(self, status: int) -> bool:
+        return True
+
+
+async def _stub_route(self: Router, call: Any, ex: Any, attempt: Any) -> Any:
+    """``--without routing``: the body parsed (the attempt reads it), the one server tried."""
+    call.payload = parse_payload(call.body)
+    ex.server, ex.instance = "bench", "bench-model"
+    return await attempt(self._config().servers["bench"], call, call.headers, call.body, ex, True, _AcceptAll())
+
+
+def without(layers: list[str]) -> None:
+    """Replace the named layers by stubs, for this process."""
+    if "routing" in layers:
+        Router.route = _stub_route  # type: ignore[method-assign]
+    if "record" in layers:
+        Recorder.finish = lambda self, ex, error: None  # type: ignore[method-assign]
 
 
 async def measure(requests: int, events: int, warmup: int = 2000, split: bool = False) -> tuple[float, float]:
@@ -144,8 +176,10 @@ def instructions(args: argparse.Namespace) -> int:
     counts = []
     runs = [subprocess.Popen([valgrind, "--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=/dev/null",
                               sys.executable, __file__, "--requests", str(n), "--warmup", "300",
-                              "--stream", str(args.stream), *(["--split"] if args.split else [])], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                             text=True) for n in (200, 200 + args.requests)]
+                              "--stream", str(args.stream), *(["--split"] if args.split else []),
+                              *(["--without", ",".join(args.without)] if args.without else [])],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            for n in (200, 200 + args.requests)]
     for run in runs:
         _, err = run.communicate()
         found = re.search(r"I\s+refs:\s+([0-9,]+)", err)
@@ -164,9 +198,17 @@ def main() -> None:
     ap.add_argument("--split", action="store_true", help="with --stream: each event in a read of its own (as in S2)")
     ap.add_argument("--instructions", action="store_true",
                     help="count instructions per request under valgrind instead (--requests 1000 by default)")
+    ap.add_argument("--without", type=lambda v: [x for x in v.split(",") if x], default=[],
+                    help="stub out these layers: routing, record (comma-separated)")
     args = ap.parse_args()
+    unknown = set(args.without) - {"routing", "record"}
+    if unknown:
+        ap.error(f"--without: unknown layer(s) {', '.join(sorted(unknown))} (routing, record)")
+    without(args.without)
     kind = (f"streamed, {args.stream} events" + (", a read each" if args.split else " in one read")) if args.stream \
         else "plain (S1)"
+    if args.without:
+        kind += f", without {' and '.join(args.without)}"
     if args.instructions:
         args.requests = args.requests or 1000
         print(f"data path, no sockets, {kind}: {instructions(args):,} instructions/request")

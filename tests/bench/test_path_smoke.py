@@ -13,7 +13,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.parametrize("extra", [[], ["--stream", "4"]])
+@pytest.mark.parametrize("extra", [[], ["--stream", "4"], ["--without", "routing,record"]])
 def test_the_path_bench_serves_its_requests_and_reports_cpu_per_request(extra: list[str]):
     run = subprocess.run([sys.executable, str(ROOT / "bench" / "path.py"), "--requests", "200", "--warmup", "20",
                           *extra], capture_output=True, text=True, timeout=120, cwd=ROOT)
