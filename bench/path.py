@@ -37,7 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from backend import _DONE_CHUNK, _EVENTS, _REPLY_COMPLETION, _STREAM_HEAD  # noqa: E402
 
 from llama_balancer.core.config import parse_config  # noqa: E402
-from llama_balancer.http.front import Front, FrontConnection  # noqa: E402
+from llama_balancer.http.front import Front  # noqa: E402
+from llama_balancer.http.front_connection import FrontConnection  # noqa: E402
 from llama_balancer.io.gpu import NoGpuSampler  # noqa: E402
 from llama_balancer.io.wire import UpstreamConnection  # noqa: E402
 from llama_balancer.io.wire_pool import WirePool  # noqa: E402

@@ -36,7 +36,7 @@ def serve(argv: list[str], out: Path) -> int:
     """The balancer's ``serve`` with stamps; SIGUSR1 writes the stages' p50 to ``out`` and
     starts over."""
     from llama_balancer.cli import main
-    from llama_balancer.http.front import FrontConnection
+    from llama_balancer.http.front_connection import FrontConnection
     from llama_balancer.routing.router import Router
 
     now = time.perf_counter_ns

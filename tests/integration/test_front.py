@@ -183,7 +183,7 @@ async def test_a_closed_connection_leaves_no_reference_cycle_for_the_collector(s
     way it ended: served and closed by the client, cut mid-answer, handed to aiohttp."""
     from llama_balancer.h1.exchange import ExchangeMachine
     from llama_balancer.h1.requests import RequestReader
-    from llama_balancer.http.front import FrontConnection
+    from llama_balancer.http.front_connection import FrontConnection
 
     sim, runtime = await start(sims, balancer)
     front = runtime.front

@@ -13,7 +13,7 @@ import logging
 
 from ..core.transitions import WORSE, Condition, changes
 from ..state.clock import Clock
-from ..state.registry import BackendState
+from ..state.backend import BackendState
 from .oplog import event
 
 log = logging.getLogger("llama_balancer.backends")

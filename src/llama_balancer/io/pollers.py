@@ -14,7 +14,8 @@ from ..core.config import Config
 from ..core.errors import UpstreamError
 from ..core.health import HealthSample, combine, is_agent_answer, parse_agent_probe, parse_llmhealth
 from ..core.profile import agent_hint
-from ..state.registry import BackendState, Registry
+from ..state.backend import BackendState
+from ..state.registry import Registry
 from .backend_watch import BackendWatch
 from .native_signals import poll_native
 from .upstream import UpstreamClient

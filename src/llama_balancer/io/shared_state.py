@@ -36,7 +36,8 @@ from ..core.replicas import Link, batch_sender, reserve_target
 from ..state.affinity import AffinityStore
 from ..state.clock import Clock, iso_utc
 from ..state.leases import Lease, LeaseBook
-from ..state.registry import BackendState, Registry
+from ..state.backend import BackendState
+from ..state.registry import Registry
 from ..state.sticky import StickyStore
 from .resp import RedisAddress, RedisUnavailable, ReplyError, RespConnection, command, connect
 from .shared_scripts import SCRIPTS, SHA, Keys

@@ -17,7 +17,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Callable, Protocol
 
 if TYPE_CHECKING:
-    from .registry import BackendState
+    from .backend import BackendState
 
 RELEASES_KEPT = 4096  # releases waiting for Redis (older ones have expired there anyway)
 

@@ -13,7 +13,8 @@ from ..core.placement import Target
 from ..core.prefix import Fingerprint
 from ..core.signals import BackendLoad, SlotsInfo, free_capacity, fuse_load
 from .affinity import AffinityStore
-from .registry import BackendState, Registry
+from .backend import BackendState
+from .registry import Registry
 
 
 def build_targets(
