@@ -27,7 +27,8 @@ from .io.gpu import GpuMonitor, GpuSampler, detect_sampler
 from .io.observability import AccessLog, Metrics, QuietProtocolErrors, queue_gauges
 from .io.oplog import Notices, event
 from .io.pollers import Pollers
-from .io.shared_state import SharedCollector, SharedState
+from .io.shared_metrics import SharedCollector
+from .io.shared_state import SharedState
 from .io.sampling import DashboardSampler
 from .io.upstream import UpstreamClient
 from .io.wire_pool import WirePool

@@ -12,8 +12,8 @@ from __future__ import annotations
 import logging
 
 from ..core.transitions import WORSE, Condition, changes
-from ..state.clock import Clock
 from ..state.backend import BackendState
+from ..state.clock import Clock
 from .oplog import event
 
 log = logging.getLogger("llama_balancer.backends")

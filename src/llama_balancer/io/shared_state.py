@@ -25,18 +25,16 @@ import logging
 import os
 import secrets
 import socket
-from typing import Any, Iterable
+from typing import Any
 
 import orjson
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from prometheus_client.registry import Collector
 
 from ..core.config import SharedStateOptions
 from ..core.replicas import Link, batch_sender, reserve_target
 from ..state.affinity import AffinityStore
+from ..state.backend import BackendState
 from ..state.clock import Clock, iso_utc
 from ..state.leases import Lease, LeaseBook
-from ..state.backend import BackendState
 from ..state.registry import Registry
 from ..state.sticky import StickyStore
 from .resp import RedisAddress, RedisUnavailable, ReplyError, RespConnection, command, connect
@@ -428,38 +426,6 @@ class SharedState:
             "admissions": dict(self.counts), "transitions": link.transitions,
             "pending_writes": len(self.sync.outbox), "records_applied": self.sync.applied,
         }
-
-    def gauges(self) -> Iterable[Any]:
-        link = self.link
-        yield GaugeMetricFamily("llama_balancer_shared_state_degraded",
-                                "1 while Redis is unreachable or slow and each replica admits its share alone.",
-                                value=1.0 if link.mode == "degraded" else 0.0)
-        yield GaugeMetricFamily("llama_balancer_shared_state_live_replicas",
-                                "Replicas alive in Redis, as last known.", value=link.live)
-        yield GaugeMetricFamily("llama_balancer_shared_state_leases_held", "Places this replica's requests hold.",
-                                value=self.book.total())
-        yield GaugeMetricFamily("llama_balancer_shared_state_leases_spare",
-                                "Places this replica holds in reserve, for requests to take without a round trip.",
-                                value=self.book.spares())
-        admissions = CounterMetricFamily("llama_balancer_shared_admissions", "Admissions by outcome "
-                                         "(granted/refused by Redis, reserved: from the reserve, local while "
-                                         "degraded, errors).",
-                                         labels=["outcome"])
-        for outcome, count in self.counts.items():
-            admissions.add_metric([outcome], count)
-        yield admissions
-        yield CounterMetricFamily("llama_balancer_shared_state_transitions",
-                                  "Changes between shared and degraded mode.", value=link.transitions)
-
-
-class SharedCollector(Collector):
-    """The shared-state gauges, read at scrape time (registered on the app's metrics)."""
-
-    def __init__(self, shared: SharedState) -> None:
-        self._shared = shared
-
-    def collect(self) -> Iterable[Any]:
-        return self._shared.gauges()
 
 
 def _describe(exc: BaseException) -> str:

@@ -17,8 +17,8 @@ from ..core.prefix import Fingerprint
 from ..core.replicas import (AFFINITY, HEALTH, PIN, STICKY, Record, affinity_record, decode_batch, decode_record,
                              encode_batch, encode_record, health_record, pin_record, sticky_record)
 from ..state.affinity import AffinityStore
-from ..state.clock import Clock
 from ..state.backend import BackendState
+from ..state.clock import Clock
 from ..state.registry import Registry
 from ..state.sticky import StickyEntry, StickyStore
 from .shared_scripts import Keys
