@@ -1,8 +1,9 @@
 """The exchange machine's vocabulary: its states, timers and attempt outcomes, what the
 routing layer hands it for an attempt, and the ``Effects`` it asks of its adapter.
 
-Shared by the machine (``exchange.py``), its one asyncio adapter (``http/front.py``) and
-the playbook tests, so none of them needs the others' internals.
+Shared by the machine (``exchange.py``), its one asyncio adapter
+(``http/front_connection.py``) and the playbook tests, so none of them needs the others'
+internals.
 """
 from __future__ import annotations
 

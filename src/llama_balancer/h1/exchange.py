@@ -2,16 +2,17 @@
 
 Pure: bytes, closes and timer firings come in as method calls; what to do goes out through
 ``Effects`` (``contract.py``: write, close, pause, send upstream, ...), which one asyncio
-adapter (``http/front.py``) carries out and the tests record
-(``tests/unit/test_exchange.py`` plays scripts of events against it). No asyncio, no sockets, no clock: time comes in with the
-events that need it.
+adapter (``http/front_connection.py``) carries out and the tests record
+(``tests/unit/test_exchange.py`` plays scripts of events against it). No asyncio, no
+sockets, no clock: time comes in with the events that need it.
 
 The states (``State``), one request at a time, in order:
 
 - ``IDLE``: between requests; the keep-alive timer runs.
 - ``RECEIVING``: a request's head and body arrive (llhttp, ``requests.RequestReader``); the
-  head deadline runs from its first byte, and the idle timer still runs (a silent client). A request not served here (``is_native`` says no)
-  hands the connection, with its bytes as sent, to aiohttp (``Effects.hand_off``).
+  head deadline runs from its first byte, and the idle timer still runs (a silent client).
+  A request not served here (``is_native`` says no) hands the connection, with its bytes as
+  sent, to aiohttp (``Effects.hand_off``).
 - ``ROUTING``: the request is complete; the routing layer decides (it may queue), then
   starts an attempt on one backend (``begin_attempt``), or gives up (``fail``).
 - ``SENT``: the request went to a backend and no byte reached the client yet. A failure or a
@@ -44,7 +45,6 @@ CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 # the attempt's relay (resumable streams); or de-chunked for a relay that did not happen and
 # chunked again.
 _RAW, _EVENTS, _FRAMED = "raw", "events", "framed"
-
 
 
 @dataclass(slots=True)
