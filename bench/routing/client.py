@@ -13,8 +13,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import aiohttp
-import orjson
 
+from .streamed import TurnError, stream_turn
 from .workload import MODEL, Conversation, Scripts, message_tokens
 
 
@@ -47,10 +47,6 @@ class ClientResult:
     errors: list[str] = field(default_factory=list)
     started: float = 0.0
     elapsed_s: float = 0.0  # until the last turn ended (drain included)
-
-
-class TurnError(Exception):
-    pass
 
 
 async def run_clients(base_url: str, scripts: Scripts) -> ClientResult:
@@ -117,51 +113,12 @@ async def _turn(session: aiohttp.ClientSession, scripts: Scripts, messages: list
                 run_started: float) -> tuple[TurnRecord, str]:
     body = {"model": MODEL, "messages": messages, "stream": True, "max_tokens": scripts.workload.max_tokens,
             "stream_options": {"include_usage": True}}
-    t0 = time.monotonic()
-    ttft: float | None = None
-    pieces: list[str] = []
-    timings: dict[str, Any] | None = None
-    usage: dict[str, Any] | None = None
-    done = False
-    try:
-        async with session.post("/v1/chat/completions", data=orjson.dumps(body),
-                                headers={"Content-Type": "application/json"}) as resp:
-            if resp.status != 200:
-                raise TurnError(f"HTTP {resp.status}: {(await resp.text())[:200]}")
-            server = resp.headers.get("X-Sim-Server")
-            request_id = resp.headers.get("X-Request-Id")
-            async for raw in resp.content:
-                line = raw.strip()
-                if not line.startswith(b"data:"):
-                    continue
-                data = line[5:].strip()
-                if data == b"[DONE]":
-                    done = True
-                    break
-                event = orjson.loads(data)
-                for choice in event.get("choices") or ():
-                    content = (choice.get("delta") or {}).get("content")
-                    if content:
-                        if ttft is None:
-                            ttft = time.monotonic() - t0
-                        pieces.append(content)
-                if event.get("timings"):
-                    timings = event["timings"]
-                if event.get("usage"):
-                    usage = event["usage"]
-    except (aiohttp.ClientError, asyncio.TimeoutError, orjson.JSONDecodeError) as exc:
-        raise TurnError(f"{type(exc).__name__}: {exc}") from None
-    end = time.monotonic()
-    if not done:
-        raise TurnError("stream ended without [DONE]")
-    if ttft is None or timings is None or usage is None:
-        raise TurnError(f"incomplete answer: ttft={ttft} timings={timings is not None} usage={usage is not None}")
+    got = await stream_turn(session, body, shown_chars=200)
+    prompt_tokens, cache_n, prompt_n, completion_tokens = got.ints()
     record = TurnRecord(
-        seat=-1, conversation="", variant=-1, turn=-1, server=server,
-        start_s=t0 - run_started, end_s=end - run_started, ttft_s=ttft,
-        prompt_tokens=int(usage.get("prompt_tokens", 0)),
-        cache_n=int(timings.get("cache_n", 0)), prompt_n=int(timings.get("prompt_n", 0)),
-        completion_tokens=int(usage.get("completion_tokens", 0)),
-        expected_prompt_tokens=0, bound_cached=0, sim_bound_cached=0, request_id=request_id,
+        seat=-1, conversation="", variant=-1, turn=-1, server=got.server,
+        start_s=got.started - run_started, end_s=got.ended - run_started, ttft_s=got.ttft_s,
+        prompt_tokens=prompt_tokens, cache_n=cache_n, prompt_n=prompt_n, completion_tokens=completion_tokens,
+        expected_prompt_tokens=0, bound_cached=0, sim_bound_cached=0, request_id=got.request_id,
     )
-    return record, "".join(pieces)
+    return record, got.text

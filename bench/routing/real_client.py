@@ -13,9 +13,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import aiohttp
-import orjson
 
 from .real_workload import MODEL, Conversation, Scripts
+from .streamed import TurnError, stream_turn
 
 
 @dataclass
@@ -42,10 +42,6 @@ class ClientResult:
     errors: list[str] = field(default_factory=list)
     messages: dict[str, list[dict[str, str]]] = field(default_factory=dict)  # each conversation's, at its end
     wall_s: float = 0.0  # from the start until the last turn ended
-
-
-class TurnError(Exception):
-    pass
 
 
 async def run_conversations(base_url: str, scripts: Scripts) -> ClientResult:
@@ -95,47 +91,10 @@ async def _turn(session: aiohttp.ClientSession, scripts: Scripts, messages: list
                 started: float) -> tuple[Turn, str]:
     body = {"model": MODEL, "messages": messages, "stream": True, "max_tokens": scripts.workload.max_tokens,
             "temperature": 0, "stream_options": {"include_usage": True}}
-    t0 = time.monotonic()
-    ttft: float | None = None
-    pieces: list[str] = []
-    timings: dict[str, Any] | None = None
-    usage: dict[str, Any] | None = None
-    done = False
-    try:
-        async with session.post("/v1/chat/completions", data=orjson.dumps(body),
-                                headers={"Content-Type": "application/json"}) as resp:
-            if resp.status != 200:
-                raise TurnError(f"HTTP {resp.status}: {(await resp.text())[:300]}")
-            request_id = resp.headers.get("X-Request-Id")
-            async for raw in resp.content:
-                line = raw.strip()
-                if not line.startswith(b"data:"):
-                    continue
-                data = line[5:].strip()
-                if data == b"[DONE]":
-                    done = True
-                    break
-                event = orjson.loads(data)
-                for choice in event.get("choices") or ():
-                    content = (choice.get("delta") or {}).get("content")
-                    if content:
-                        if ttft is None:
-                            ttft = time.monotonic() - t0
-                        pieces.append(content)
-                if event.get("timings"):  # finish chunk, or the usage chunk with include_usage
-                    timings = event["timings"]
-                if event.get("usage"):
-                    usage = event["usage"]
-    except (aiohttp.ClientError, asyncio.TimeoutError, orjson.JSONDecodeError) as exc:
-        raise TurnError(f"{type(exc).__name__}: {exc}") from None
-    end = time.monotonic()
-    if not done:
-        raise TurnError("stream ended without [DONE]")
-    if ttft is None or timings is None or usage is None:
-        raise TurnError(f"incomplete answer: ttft={ttft} timings={timings is not None} usage={usage is not None}")
+    got = await stream_turn(session, body)
+    prompt_tokens, cache_n, prompt_n, completion_tokens = got.ints()
     return Turn(
-        conversation="", group=-1, turn=-1, start_s=t0 - started, end_s=end - started, ttft_s=ttft,
-        prompt_tokens=int(usage.get("prompt_tokens", 0)), cache_n=int(timings.get("cache_n", 0)),
-        prompt_n=int(timings.get("prompt_n", 0)), completion_tokens=int(usage.get("completion_tokens", 0)),
-        request_id=request_id,
-    ), "".join(pieces)
+        conversation="", group=-1, turn=-1, start_s=got.started - started, end_s=got.ended - started,
+        ttft_s=got.ttft_s, prompt_tokens=prompt_tokens, cache_n=cache_n, prompt_n=prompt_n,
+        completion_tokens=completion_tokens, request_id=got.request_id,
+    ), got.text
